@@ -1,0 +1,90 @@
+# CUDA Graph Lab
+#
+#   make lab     set up the environment (first run only) and open the course in JupyterLab
+#   make test    set up the environment (first run only) and run the whole test suite
+#   make labs    regenerate labs/ from solutions/
+#   make doctor  report the environment and say what to fix
+#
+# The environment is a virtualenv in $(VENV), created with $(BASE_PYTHON). PyTorch is
+# installed first, from $(TORCH_SPEC), only when the interpreter cannot import torch.
+# To use an interpreter you already have (a conda env, a GPU machine's PyTorch), give it:
+#   make test PYTHON=python3          (no virtualenv is created; the course is pip-installed into it)
+#   make lab VENV_ARGS=--system-site-packages   (a virtualenv that sees the system's torch)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+BASE_PYTHON ?= python3
+VENV ?= .venv
+VENV_ARGS ?=
+VENV_PYTHON := $(VENV)/bin/python
+ifeq ($(strip $(VENV)),)
+PYTHON ?= python3
+else
+PYTHON ?= $(VENV_PYTHON)
+endif
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+LAB_ARGS ?=
+LAB_NOTEBOOK ?= notebooks/00_welcome.ipynb
+NBVAL_CELL_TIMEOUT ?= 300
+SANITIZE := tests/nbval_sanitize.cfg
+# The notebooks nbval runs: lessons and solutions (labs hold stubs: build-labs --check covers them).
+NBVAL_PATHS = $(sort $(wildcard notebooks/*.ipynb solutions/*.ipynb))
+
+# In a virtualenv the install is remembered by a stamp (redone when pyproject.toml changes);
+# with PYTHON=... pointing elsewhere, `pip install -e .` runs every time.
+INSTALL_STAMP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),$(VENV)/.graphlab-installed,)
+
+.PHONY: help env lab test labs doctor
+
+help:
+	@echo "make lab     open the course in JupyterLab (sets up $(or $(VENV),the environment) on first run)"
+	@echo "make test    run the whole test suite (same set-up)"
+	@echo "make labs    regenerate labs/ from solutions/"
+	@echo "make doctor  report the environment and say what to fix"
+	@echo "options: PYTHON=... (use that interpreter, no virtualenv), TORCH_SPEC='torch==2.11.*',"
+	@echo "         VENV_ARGS=--system-site-packages, LAB_ARGS='--port 8899 --no-browser'"
+
+# The one set-up recipe every target below depends on.
+env:
+	@set -e; \
+	if [ -n "$(INSTALL_STAMP)" ] && [ ! -x "$(VENV_PYTHON)" ]; then \
+		echo "make: creating the virtualenv $(VENV) with $(BASE_PYTHON)"; \
+		$(BASE_PYTHON) -m venv $(VENV_ARGS) "$(VENV)"; \
+	fi; \
+	if ! "$(PYTHON)" -c "import torch" >/dev/null 2>&1; then \
+		echo "make: installing PyTorch ($(TORCH_SPEC)) into $(PYTHON)"; \
+		"$(PYTHON)" -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; \
+	fi; \
+	stamp="$(INSTALL_STAMP)"; \
+	if [ -z "$$stamp" ] || [ ! -f "$$stamp" ] || [ pyproject.toml -nt "$$stamp" ]; then \
+		echo "make: installing the course package (pip install -e .) into $(PYTHON)"; \
+		"$(PYTHON)" -m pip install -e .; \
+		if [ -n "$$stamp" ]; then touch "$$stamp"; fi; \
+	fi
+
+lab: env
+	@root_flag=""; if [ "$$(id -u)" = 0 ]; then root_flag="--allow-root"; fi; \
+	echo "make: starting JupyterLab on 127.0.0.1: open the http://127.0.0.1:<port>/lab/tree/$(LAB_NOTEBOOK)?token=... URL it prints below"; \
+	"$(PYTHON)" -m jupyter lab --ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
+		--LabApp.default_url="/lab/tree/$(LAB_NOTEBOOK)" $$root_flag $(LAB_ARGS)
+
+test: env
+	"$(PYTHON)" -m graphlab_utils build-labs --check
+	"$(PYTHON)" -m pytest tests
+	@if [ -z "$(NBVAL_PATHS)" ]; then \
+		echo "make: no notebooks in notebooks/ or solutions/ yet: nothing for nbval to run"; \
+	else \
+		echo "\"$(PYTHON)\" -m pytest --nbval --nbval-current-env ... $(NBVAL_PATHS)"; \
+		"$(PYTHON)" -m pytest --nbval --nbval-current-env \
+			--nbval-sanitize-with $(SANITIZE) \
+			--nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) \
+			$(NBVAL_PATHS); \
+	fi
+
+labs: env
+	"$(PYTHON)" -m graphlab_utils build-labs
+
+doctor: env
+	"$(PYTHON)" -m graphlab_utils doctor

@@ -1,0 +1,19 @@
+"""graphlab_utils: the helper package of CUDA Graph Lab.
+
+Every notebook starts with::
+
+    import graphlab_utils as gl
+    S = gl.setup()
+    DEVICE = S.device
+
+Importing this package is cheap: it does not import PyTorch, matplotlib or Jupyter; the
+modules that need them import them when they are used.
+"""
+
+from __future__ import annotations
+
+from .backend import BackendError, Session, setup
+from .errors import GraphlabError
+
+__all__ = ["BackendError", "GraphlabError", "Session", "setup"]
+__version__ = "0.1.0"

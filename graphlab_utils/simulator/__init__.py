@@ -1,0 +1,130 @@
+"""A CPU simulator of PyTorch's CUDA graph API, switched on by `graphlab_utils.setup()`.
+
+Like Numba's CUDA simulator, it mirrors the real names so learner code does not change:
+`install()` puts simulated `CUDAGraph`, `graph`, `Stream`, `Event`, ... into `torch.cuda`
+and enters a dispatch mode that sees every aten op. Tensors live on the CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import capture as _capture
+from . import memory as _memory
+from . import streams as _streams
+from .clock import CLOCK
+from .errors import SimulatorWarning, error_name_in
+
+__all__ = ["install", "uninstall", "is_installed", "SimulatorWarning", "error_name_in", "CLOCK"]
+
+_state: dict = {"mode": None, "saved": {}}
+
+
+def _sim_empty_cache() -> None:
+    _memory.ALLOCATOR.empty_cache()
+
+
+def _memory_allocated(device=None) -> int:
+    return _memory.ALLOCATOR.allocated_bytes()
+
+
+def _memory_reserved(device=None) -> int:
+    return _memory.ALLOCATOR.reserved_bytes()
+
+
+def _max_memory_allocated(device=None) -> int:
+    _memory.ALLOCATOR.allocated_bytes()
+    return _memory.ALLOCATOR.peak_allocated
+
+
+def _reset_peak_memory_stats(device=None) -> None:
+    _memory.ALLOCATOR.peak_allocated = _memory.ALLOCATOR.allocated_bytes()
+
+
+def _cuda_names() -> dict:
+    return {
+        "CUDAGraph": _capture.CUDAGraph,
+        "graph": _capture.graph,
+        "graph_pool_handle": _capture.graph_pool_handle,
+        "is_current_stream_capturing": _capture.is_current_stream_capturing,
+        "synchronize": _capture.synchronize,
+        "Stream": _streams.Stream,
+        "stream": _streams.stream,
+        "StreamContext": _streams.StreamContext,
+        "current_stream": _streams.current_stream,
+        "default_stream": _streams.default_stream,
+        "set_stream": _streams.set_stream,
+        "Event": _streams.Event,
+        "empty_cache": _sim_empty_cache,
+        "memory_allocated": _memory_allocated,
+        "memory_reserved": _memory_reserved,
+        "max_memory_allocated": _max_memory_allocated,
+        "reset_peak_memory_stats": _reset_peak_memory_stats,
+    }
+
+
+def _host_read(name: str, copy: bool = False, copy_check: bool = False):
+    """A Tensor method that reads device memory on the host: a sync, refused during capture."""
+    original = getattr(torch.Tensor, name)
+
+    def method(self, *args, **kwargs):
+        if copy_check:
+            _capture.refuse_host_copy()
+        _capture.refuse_sync(None, f"tensor.{name}() (a copy to the host)")
+        CLOCK.sync_stream(_streams.current_stream().stream_id)
+        if copy and not args and not kwargs:
+            return self.clone()  # on a GPU .cpu() is a copy: later replays do not change it
+        return original(self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = original.__doc__
+    return method
+
+
+def _tensor_names() -> dict:
+    return {
+        "cpu": _host_read("cpu", copy=True, copy_check=True),
+        "numpy": _host_read("numpy", copy_check=True),
+        "tolist": _host_read("tolist", copy_check=True),
+        "__repr__": _host_read("__repr__"),
+        "__format__": _host_read("__format__"),
+    }
+
+
+def is_installed() -> bool:
+    return _state["mode"] is not None
+
+
+def install() -> None:
+    """Switch the simulator on (idempotent)."""
+    if is_installed():
+        return
+    from .mode import SimMode
+
+    saved = {}
+    for name, value in _cuda_names().items():
+        saved[("cuda", name)] = getattr(torch.cuda, name, None)
+        setattr(torch.cuda, name, value)
+    for name in ("CUDAGraph", "graph", "graph_pool_handle"):
+        saved[("graphs", name)] = getattr(torch.cuda.graphs, name)
+        setattr(torch.cuda.graphs, name, _cuda_names()[name])
+    for name, value in _tensor_names().items():
+        saved[("tensor", name)] = torch.Tensor.__dict__.get(name)
+        setattr(torch.Tensor, name, value)
+    mode = SimMode()
+    mode.__enter__()
+    _state.update(mode=mode, saved=saved)
+
+
+def uninstall() -> None:
+    """Switch the simulator off and give `torch.cuda` and `torch.Tensor` their own names back."""
+    if not is_installed():
+        return
+    _state["mode"].__exit__(None, None, None)
+    for (where, name), value in _state["saved"].items():
+        target = {"cuda": torch.cuda, "graphs": torch.cuda.graphs, "tensor": torch.Tensor}[where]
+        if value is None:
+            if name in target.__dict__:
+                delattr(target, name)
+        else:
+            setattr(target, name, value)
+    _state.update(mode=None, saved={})

@@ -1,0 +1,467 @@
+"""Simulated `torch.cuda.CUDAGraph`, `torch.cuda.graph` and the capture they run.
+
+A capture records nodes; each node is one aten op with its tensor arguments bound to
+*blocks* of the simulated allocator (addresses, in CUDA's terms), not to Python tensors.
+Instantiating copies the nodes into an executable graph; replay runs that copy's ops again
+on whatever bytes the blocks hold now. Everything the lessons show follows from that:
+`copy_` into a static input is seen, rebinding a name is not, a freed block's new occupant
+is read, Python control flow ran once, and outputs are overwritten by each replay.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._pytree import tree_flatten
+
+from .clock import CLOCK, cost_model
+from .errors import RNG_POISONED, SimulatorWarning, cudaError_t, cuda_error
+from .memory import ALLOCATOR, Block, Pool
+from .streams import DEFAULT_STREAM, Stream, current_stream
+
+STATE = threading.local()
+_graph_ids = itertools.count(1)
+HANDLES: dict[int, object] = {}  # raw handle (int) -> SimGraphTemplate / SimGraphExec, for cudart
+_rng = {"poisoned": False}
+
+
+def rng_poisoned() -> bool:
+    return _rng["poisoned"]
+
+
+def active_captures() -> list["Capture"]:
+    return [c for c in list(Capture.live) if c.active]
+
+
+# ---------------------------------------------------------------------------------------
+# Tensor arguments bound to memory
+# ---------------------------------------------------------------------------------------
+class TensorRef:
+    """A kernel argument: an address (block + offset) with the shape the kernel was built for."""
+
+    __slots__ = ("block", "pinned", "dtype", "size", "stride", "offset")
+
+    def __init__(self, t: torch.Tensor):
+        block = ALLOCATOR.block_for(t)
+        if block is None:
+            block = ALLOCATOR.register(t)
+        self.block: Block | None = block
+        self.pinned = None if block is not None else t  # untracked tensors stay alive instead
+        self.dtype, self.size, self.stride, self.offset = t.dtype, tuple(t.size()), tuple(t.stride()), t.storage_offset()
+
+    def tensor(self) -> torch.Tensor:
+        if self.block is None:
+            return self.pinned
+        if self.block.released:
+            # The bytes went back to the device; a GPU would read whatever is there now.
+            warn_invented_bytes(self)
+            self.block.released = False
+            self.block.storage = torch.UntypedStorage(self.block.storage.nbytes())
+            self.block.view(torch.uint8, (self.block.storage.nbytes(),), (1,), 0).fill_(255)  # NaN in floats
+        return self.block.view(self.dtype, self.size, self.stride, self.offset)
+
+    @property
+    def address(self) -> int:
+        base = self.block.address if self.block is not None else self.pinned.untyped_storage().data_ptr()
+        return base + self.offset * torch.empty((), dtype=self.dtype).element_size()
+
+    def signature(self):
+        return (self.dtype, self.size, self.stride)
+
+
+def _bind(value):
+    if isinstance(value, torch.Tensor):
+        return TensorRef(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_bind(v) for v in value)
+    return value
+
+
+def _unbind(value):
+    if isinstance(value, TensorRef):
+        return value.tensor()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unbind(v) for v in value)
+    return value
+
+
+def _refs(value):
+    if isinstance(value, TensorRef):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _refs(v)
+
+
+@dataclass
+class Node:
+    index: int
+    func: object  # torch._ops.OpOverload
+    args: tuple
+    kwargs: dict
+    outputs: list  # [TensorRef | None] per returned tensor, written after the op runs
+    mutating: bool  # in-place / out= op: it writes through its arguments
+    deps: list
+    kernel_us: float
+    kind: str = "kernel"  # kernel | memcpy | memset
+
+    @property
+    def name(self) -> str:
+        return str(self.func).replace("aten.", "").replace(".default", "")
+
+    def topology_key(self):
+        """What must match for cudaGraphExecUpdate: node kind, kernel (op and shapes), edges."""
+        shapes = tuple(r.signature() for r in _refs((self.args, tuple(self.kwargs.values()))))
+        return (self.kind, self.name, shapes, tuple(self.deps))
+
+    def run(self) -> None:
+        result = self.func(*_unbind(self.args), **{k: _unbind(v) for k, v in self.kwargs.items()})
+        if self.mutating:
+            return
+        results, _ = tree_flatten(result)
+        for ref, value in zip(self.outputs, results):
+            if ref is not None and isinstance(value, torch.Tensor):
+                ref.tensor().copy_(value)
+
+
+def critical_path_us(nodes: list[Node]) -> float:
+    m = cost_model()
+    finish: dict[int, float] = {}
+    for n in nodes:
+        start = max((finish[d] for d in n.deps if d in finish), default=0.0)
+        finish[n.index] = start + m.replay_node_us(n.kernel_us)
+    return max(finish.values(), default=0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Capture
+# ---------------------------------------------------------------------------------------
+class Capture:
+    live: "set[Capture]" = set()
+
+    def __init__(self, graph: "CUDAGraph", origin: Stream, mode: str, pool: Pool):
+        self.graph, self.origin, self.mode, self.pool = graph, origin, mode, pool
+        self.nodes: list[Node] = []
+        self.streams: list[Stream] = []
+        self.invalid: str | None = None
+        self.active = True
+        self.thread = threading.get_ident()
+        self.join(origin)
+        Capture.live.add(self)
+
+    def join(self, s: Stream) -> None:
+        s.capture = self
+        s.frontier = []
+        if s not in self.streams:
+            self.streams.append(s)
+
+    def add_node(self, stream: Stream, **fields) -> Node:
+        node = Node(index=len(self.nodes), deps=list(stream.frontier), **fields)
+        self.nodes.append(node)
+        stream.frontier = [node.index]
+        CLOCK.host_work(cost_model().capture_op_us(node.func))
+        return node
+
+    def invalidate(self, why: str) -> None:
+        if self.invalid is None:
+            self.invalid = why
+
+    def forbids_other_streams(self) -> bool:
+        """global mode refuses unsafe calls from anywhere; thread_local from this thread only."""
+        return self.mode == "global" or (self.mode == "thread_local" and self.thread == threading.get_ident())
+
+    def end(self) -> None:
+        self.active = False
+        for s in self.streams:
+            s.capture, s.frontier = None, []
+        Capture.live.discard(self)
+
+    def unjoined_streams(self) -> list[Stream]:
+        reach = set()
+        todo = list(self.origin.frontier)
+        while todo:
+            i = todo.pop()
+            if i not in reach:
+                reach.add(i)
+                todo.extend(self.nodes[i].deps)
+        return [s for s in self.streams if s is not self.origin and any(i not in reach for i in s.frontier)]
+
+
+def refuse_sync(stream: Stream | None, what: str) -> None:
+    """Raise the GPU's error if a host sync happens while a capture forbids it."""
+    stream = current_stream() if stream is None else stream
+    hit = [stream.capture] if stream.capture is not None else [c for c in active_captures() if c.forbids_other_streams()]
+    if not hit:
+        return
+    for c in hit:
+        c.invalidate(what)
+    raise cuda_error(
+        cudaError_t.cudaErrorStreamCaptureUnsupported,
+        f"{what} waits for the GPU, but during capture nothing runs: there is no value to wait for. "
+        "The capture is now invalidated. Keep syncs (.item(), .cpu(), print, synchronize) outside capture (lesson 02).",
+    )
+
+
+def refuse_host_copy() -> None:
+    """PyTorch's own check: a device-to-host copy into pageable memory on a capturing stream.
+
+    It is raised before anything reaches CUDA, so the capture stays valid (seen on an H100).
+    """
+    if current_stream().capture is not None:
+        raise RuntimeError(
+            "Cannot copy between CPU and CUDA tensors during CUDA graph capture unless the CPU tensor is pinned. "
+            "Please use tensor.pin_memory() or allocate the tensor with pin_memory=True."
+            "\n[graphlab simulator] a copy to the host is a sync: nothing has run yet during capture, "
+            "so copy results out after replay (lesson 02)."
+        )
+
+
+def refuse_malloc(what: str) -> None:
+    """A new allocation outside the capture's pool needs cudaMalloc, which global capture forbids."""
+    hit = [c for c in active_captures() if c.forbids_other_streams()]
+    if not hit:
+        return
+    for c in hit:
+        c.invalidate(what)
+    raise cuda_error(
+        cudaError_t.cudaErrorStreamCaptureUnsupported,
+        f"{what} ran on a stream that is not part of the capture and needed new memory (cudaMalloc), "
+        "which a capture in 'global' mode forbids. Fork the stream from the capturing one with "
+        "s.wait_stream(torch.cuda.current_stream()) and join it back afterwards (lesson 02).",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Graph objects
+# ---------------------------------------------------------------------------------------
+class SimGraphTemplate:
+    """What cudaStreamEndCapture returns (cudaGraph_t): the recorded nodes."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+        self.handle = 0x7F0000000000 + next(_graph_ids) * 0x100
+        HANDLES[self.handle] = self
+
+
+class SimGraphExec:
+    """What cudaGraphInstantiate returns (cudaGraphExec_t): its own copy of the nodes' arguments."""
+
+    def __init__(self, template: SimGraphTemplate):
+        self.nodes = [Node(**{**n.__dict__}) for n in template.nodes]
+        self.path_us = critical_path_us(self.nodes)
+        self.handle = 0x7E0000000000 + next(_graph_ids) * 0x100
+        HANDLES[self.handle] = self
+
+    def run(self) -> None:
+        with _disable_current_modes():
+            for node in self.nodes:
+                node.run()
+
+
+class CUDAGraph:
+    """Stands in for `torch.cuda.CUDAGraph`."""
+
+    def __init__(self, keep_graph: bool = False):
+        self.keep_graph = keep_graph
+        self._capture: Capture | None = None
+        self._template: SimGraphTemplate | None = None
+        self._exec: SimGraphExec | None = None
+        self._pool: Pool | None = None
+        self._debug = False
+
+    # -- capture --------------------------------------------------------------------------
+    def capture_begin(self, pool=None, capture_error_mode: str = "global", **kwargs) -> None:
+        if capture_error_mode not in ("global", "thread_local", "relaxed"):
+            raise RuntimeError(f"Unknown capture error mode. Expected `global`, `thread_local`, or `relaxed`, got {capture_error_mode}")
+        if self._template is not None or self._exec is not None:
+            raise RuntimeError(
+                "This CUDAGraph instance already owns a captured graph. To capture a new graph, create a new instance."
+            )
+        s = current_stream()
+        if s == DEFAULT_STREAM:
+            raise RuntimeError(
+                "CUDA graphs must be captured on a non-default stream. "
+                "(However, after capture, it's ok to replay them on the default stream.)"
+                "\n[graphlab simulator] capture on a side stream: `with torch.cuda.graph(g):` does it for you (lesson 02)."
+            )
+        if s.capture is not None:
+            raise cuda_error(cudaError_t.cudaErrorIllegalState, "this stream is already capturing; end that capture first (lesson 01).")
+        handle = tuple(pool) if pool is not None else ALLOCATOR.new_pool_handle()
+        self._pool = ALLOCATOR.pool(handle)
+        self._pool.users += 1
+        self._capture = Capture(self, s, capture_error_mode, self._pool)
+
+    def capture_end(self) -> None:
+        cap = self._capture
+        if cap is None:
+            raise RuntimeError("Called CUDAGraph::capture_end without a preceding capture_begin.")
+        if current_stream() != cap.origin:
+            raise RuntimeError("Capture must end on the same stream it began on.")
+        unjoined = cap.unjoined_streams()
+        cap.end()
+        self._capture = None
+        if cap.invalid is not None:
+            _rng["poisoned"] = True
+            raise cuda_error(
+                cudaError_t.cudaErrorStreamCaptureInvalidated,
+                f"the capture was invalidated earlier by {cap.invalid}; this graph is unusable, and on a GPU "
+                "the process's CUDA state is damaged too: restart the kernel, or show failing captures in a "
+                "child process with %%run_isolated (lesson 02).",
+            )
+        if unjoined:
+            _rng["poisoned"] = True
+            raise cuda_error(
+                cudaError_t.cudaErrorStreamCaptureUnjoined,
+                "a stream forked into the capture still has work that the capturing stream never waited for: "
+                "join it back with torch.cuda.current_stream().wait_stream(side) before the capture ends (lesson 02).",
+            )
+        if not cap.nodes:
+            warnings.warn(
+                "The CUDA Graph is empty. This usually means that the graph was attempted to be captured on wrong device or stream.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._template = SimGraphTemplate(cap.nodes)
+        if not self.keep_graph:
+            self.instantiate()
+
+    # -- execution ------------------------------------------------------------------------
+    def instantiate(self) -> None:
+        if self._template is None:
+            raise RuntimeError("Called CUDAGraph::instantiate without a preceding successful capture.")
+        self._exec = SimGraphExec(self._template)
+        CLOCK.host_work(cost_model().instantiate_us(len(self._exec.nodes)))
+        if not self.keep_graph:
+            self._template = None
+
+    def replay(self) -> None:
+        if self._exec is None:
+            if self._template is None:
+                raise RuntimeError("Called CUDAGraph::replay without a preceding successful capture.")
+            self.instantiate()
+        s = current_stream()
+        if s.capture is not None:
+            raise RuntimeError("[graphlab simulator] replaying a graph inside another capture (a child graph) is not simulated.")
+        self._exec.run()
+        CLOCK.launch_graph(s.stream_id, self._exec.path_us)
+
+    def reset(self) -> None:
+        self._template = self._exec = None
+        if self._pool is not None:
+            self._pool.users -= 1
+            ALLOCATOR.drop_pool_if_unused(self._pool)
+            self._pool = None
+
+    def __del__(self):
+        try:
+            self.reset()
+        except Exception:
+            pass
+
+    def pool(self):
+        if self._pool is None:
+            raise RuntimeError("[graphlab simulator] this graph has no memory pool: capture it first.")
+        return self._pool.handle
+
+    # -- raw handles and debugging ----------------------------------------------------------
+    def raw_cuda_graph(self) -> int:
+        if not self.keep_graph:
+            raise RuntimeError(
+                "You cannot access the raw cudaGraph_t instance unless CUDAGraph was initialized with keep_graph=true"
+            )
+        if self._template is None:
+            raise RuntimeError("You cannot access the raw cudaGraph_t instance until capture_end() has been called")
+        return self._template.handle
+
+    def raw_cuda_graph_exec(self) -> int:
+        if self._exec is None:
+            raise RuntimeError(
+                "You cannot access the raw cudaGraphExec_t instance until instantiate() has been called"
+            )
+        return self._exec.handle
+
+    def enable_debug_mode(self) -> None:
+        self._debug = True
+
+    def debug_dump(self, debug_path: str) -> None:
+        from .cudart import write_dot
+
+        nodes = (self._template or self._exec).nodes if (self._template or self._exec) else []
+        if not self._debug:
+            warnings.warn("CUDA Graphs debug not enabled, set with [graph].enable_debug_mode()", UserWarning, stacklevel=2)
+            return
+        write_dot(nodes, debug_path)
+
+    def register_generator_state(self, *args, **kwargs) -> None:
+        """Device RNG is re-drawn on every replay in the simulator; nothing to register."""
+
+    # the simulator's own view, for lessons' pictures and tests
+    def sim_nodes(self) -> list[Node]:
+        holder = self._template or self._exec
+        return list(holder.nodes) if holder else []
+
+
+def graph_pool_handle():
+    return ALLOCATOR.new_pool_handle()
+
+
+def is_current_stream_capturing() -> bool:
+    return current_stream().capture is not None
+
+
+class graph:
+    """Stands in for the context manager `torch.cuda.graph`."""
+
+    default_capture_stream: Stream | None = None
+
+    def __init__(self, cuda_graph: CUDAGraph, pool=None, stream: Stream | None = None, capture_error_mode: str = "global", **kwargs):
+        if stream is None and self.__class__.default_capture_stream is None:
+            self.__class__.default_capture_stream = Stream()
+        self.pool = () if pool is None else (pool,)
+        self.capture_stream = stream if stream is not None else self.__class__.default_capture_stream
+        from .streams import stream as stream_ctx
+
+        self.stream_ctx = stream_ctx(self.capture_stream)
+        self.cuda_graph = cuda_graph
+        self.capture_error_mode = capture_error_mode
+
+    def __enter__(self):
+        synchronize()
+        ALLOCATOR.empty_cache()
+        CLOCK.host_work(cost_model().capture_base_us)
+        self.stream_ctx.__enter__()
+        self.cuda_graph.capture_begin(*self.pool, capture_error_mode=self.capture_error_mode)
+
+    def __exit__(self, *exc):
+        try:
+            self.cuda_graph.capture_end()
+        finally:
+            self.stream_ctx.__exit__(*exc)
+        return False
+
+
+def synchronize(device=None) -> None:
+    refuse_sync(None, "torch.cuda.synchronize()")
+    CLOCK.sync_device()
+
+
+def check_rng(func) -> None:
+    if _rng["poisoned"] and torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):
+        raise RuntimeError(
+            RNG_POISONED + "\n[graphlab simulator] an earlier capture failed and left PyTorch's CUDA random generator "
+            "in capture state, as on a GPU: restart the kernel. Lessons show failing captures in a child "
+            "process (%%run_isolated) so this never happens to the notebook (lesson 02)."
+        )
+
+
+def warn_invented_bytes(ref: TensorRef) -> None:
+    warnings.warn(
+        f"replay read memory at {ref.address:#x} that was freed and not reused; on a GPU it holds "
+        "whatever was last written there. The simulator fills it with NaN.",
+        SimulatorWarning,
+        stacklevel=3,
+    )

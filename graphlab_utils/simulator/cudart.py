@@ -1,0 +1,178 @@
+"""The simulator's twin of NVIDIA's `cuda.bindings.runtime` for the graph functions the course uses.
+
+Same names, same enums, same return convention: every function returns a tuple whose first
+element is a `cudaError_t`, followed by the outputs (None in their place on error).
+"""
+from __future__ import annotations
+
+import enum
+
+from .capture import HANDLES, Node, SimGraphExec, SimGraphTemplate
+from .clock import CLOCK, cost_model
+from .errors import ERROR_STRINGS, cudaError_t
+
+__all__ = [
+    "cudaError_t",
+    "cudaGraphNodeType",
+    "cudaGraphExecUpdateResult",
+    "cudaGraphExecUpdateResultInfo",
+    "cudaGraphNode_t",
+    "cudaGraphGetNodes",
+    "cudaGraphNodeGetType",
+    "cudaGraphDebugDotPrint",
+    "cudaGraphExecUpdate",
+    "cudaGetErrorName",
+    "cudaGetErrorString",
+]
+
+
+class cudaGraphNodeType(enum.IntEnum):
+    cudaGraphNodeTypeKernel = 0
+    cudaGraphNodeTypeMemcpy = 1
+    cudaGraphNodeTypeMemset = 2
+    cudaGraphNodeTypeHost = 3
+    cudaGraphNodeTypeGraph = 4
+    cudaGraphNodeTypeEmpty = 5
+    cudaGraphNodeTypeWaitEvent = 6
+    cudaGraphNodeTypeEventRecord = 7
+    cudaGraphNodeTypeExtSemaphoreSignal = 8
+    cudaGraphNodeTypeExtSemaphoreWait = 9
+    cudaGraphNodeTypeMemAlloc = 10
+    cudaGraphNodeTypeMemFree = 11
+    cudaGraphNodeTypeConditional = 13
+
+
+class cudaGraphExecUpdateResult(enum.IntEnum):
+    cudaGraphExecUpdateSuccess = 0
+    cudaGraphExecUpdateError = 1
+    cudaGraphExecUpdateErrorTopologyChanged = 2
+    cudaGraphExecUpdateErrorNodeTypeChanged = 3
+    cudaGraphExecUpdateErrorFunctionChanged = 4
+    cudaGraphExecUpdateErrorParametersChanged = 5
+    cudaGraphExecUpdateErrorNotSupported = 6
+    cudaGraphExecUpdateErrorUnsupportedFunctionChange = 7
+    cudaGraphExecUpdateErrorAttributesChanged = 8
+
+
+_KIND_TO_TYPE = {
+    "kernel": cudaGraphNodeType.cudaGraphNodeTypeKernel,
+    "memcpy": cudaGraphNodeType.cudaGraphNodeTypeMemcpy,
+    "memset": cudaGraphNodeType.cudaGraphNodeTypeMemset,
+}
+
+
+class cudaGraphNode_t:
+    """A node handle: which graph, which node."""
+
+    def __init__(self, graph: SimGraphTemplate, index: int):
+        self._graph, self._index = graph, index
+
+    def __int__(self) -> int:
+        return self._graph.handle + 0x10 + self._index
+
+    def getPtr(self) -> int:
+        return int(self)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, cudaGraphNode_t) and int(other) == int(self)
+
+    def __hash__(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"<cudaGraphNode_t {int(self):#x}>"
+
+    @property
+    def node(self) -> Node:
+        return self._graph.nodes[self._index]
+
+
+class cudaGraphExecUpdateResultInfo:
+    def __init__(self, result: cudaGraphExecUpdateResult, error_node=None, error_from_node=None):
+        self.result = result
+        self.errorNode = error_node
+        self.errorFromNode = error_from_node
+
+    def __repr__(self) -> str:
+        return f"<cudaGraphExecUpdateResultInfo result={self.result.name}>"
+
+
+def _lookup(handle, kind):
+    obj = HANDLES.get(int(handle)) if not isinstance(handle, kind) else handle
+    return obj if isinstance(obj, kind) else None
+
+
+def cudaGraphGetNodes(graph, numNodes: int = 0):
+    g = _lookup(graph, SimGraphTemplate)
+    if g is None:
+        return (cudaError_t.cudaErrorInvalidValue, None, None)
+    count = len(g.nodes)
+    if not numNodes:
+        return (cudaError_t.cudaSuccess, [], count)
+    return (cudaError_t.cudaSuccess, [cudaGraphNode_t(g, i) for i in range(min(numNodes, count))], min(numNodes, count))
+
+
+def cudaGraphNodeGetType(node):
+    if not isinstance(node, cudaGraphNode_t):
+        return (cudaError_t.cudaErrorInvalidValue, None)
+    return (cudaError_t.cudaSuccess, _KIND_TO_TYPE[node.node.kind])
+
+
+def write_dot(nodes: list[Node], path) -> None:
+    """A DOT file in the shape of cudaGraphDebugDotPrint's: one box per node, one edge per dependency."""
+    lines = ["digraph dot {", "subgraph cluster_1 {", 'label="graph_1" graph[style="dashed"];']
+    shapes = {"kernel": "octagon", "memcpy": "trapezium", "memset": "invtrapezium"}
+    for n in nodes:
+        # A GPU labels a kernel node with its index and mangled kernel name; we give the aten op.
+        lines.append(f'"graph_1_node_{n.index}"[style="bold" shape="{shapes[n.kind]}" label="{n.index}\n{n.name}\n"];\n')
+    for n in nodes:
+        for d in n.deps:
+            lines.append(f'"graph_1_node_{d}" -> "graph_1_node_{n.index}";')
+    lines += ["}", "}"]
+    with open(path if isinstance(path, str) else path.decode(), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def cudaGraphDebugDotPrint(graph, path, flags: int = 0):
+    g = _lookup(graph, SimGraphTemplate)
+    if g is None:
+        return (cudaError_t.cudaErrorInvalidValue,)
+    write_dot(g.nodes, path)
+    return (cudaError_t.cudaSuccess,)
+
+
+def cudaGraphExecUpdate(hGraphExec, hGraph):
+    """Give an instantiated graph the arguments (addresses) of another graph of the same topology."""
+    exe = _lookup(hGraphExec, SimGraphExec)
+    g = _lookup(hGraph, SimGraphTemplate)
+    if exe is None or g is None:
+        return (cudaError_t.cudaErrorInvalidValue, None)
+    CLOCK.host_work(cost_model().exec_update_us(len(g.nodes)))
+    failure = None
+    if len(exe.nodes) != len(g.nodes):
+        failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorTopologyChanged
+    else:
+        for old, new in zip(exe.nodes, g.nodes):
+            ok, ak = old.topology_key(), new.topology_key()
+            if ok[0] != ak[0]:
+                failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorNodeTypeChanged
+            elif ok[3] != ak[3]:
+                failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorTopologyChanged
+            elif ok[1:3] != ak[1:3]:
+                failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorFunctionChanged
+            if failure is not None:
+                break
+    if failure is not None:
+        # cuda-python returns None in place of the result info when the call fails.
+        return (cudaError_t.cudaErrorGraphExecUpdateFailure, None)
+    for old, new in zip(exe.nodes, g.nodes):
+        old.args, old.kwargs, old.outputs = new.args, new.kwargs, new.outputs
+    return (cudaError_t.cudaSuccess, cudaGraphExecUpdateResultInfo(cudaGraphExecUpdateResult.cudaGraphExecUpdateSuccess))
+
+
+def cudaGetErrorName(error):
+    return (cudaError_t.cudaSuccess, cudaError_t(int(error)).name.encode())
+
+
+def cudaGetErrorString(error):
+    return (cudaError_t.cudaSuccess, ERROR_STRINGS.get(cudaError_t(int(error)), "unknown error").encode())

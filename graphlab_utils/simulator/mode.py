@@ -1,0 +1,189 @@
+"""The dispatch mode that makes CPU tensors behave like tensors on a GPU under capture.
+
+Every aten op passes through `SimMode.__torch_dispatch__` while the simulator is installed:
+- during capture, the op is recorded as a graph node and NOT run; its outputs are fresh
+  blocks of the graph's private pool (so they hold no result until the first replay);
+- a host sync (`.item()`, data-dependent shapes, ...) during capture raises the GPU's error;
+- outside capture the op runs, its outputs get blocks of the default pool, and the
+  modelled clock is charged a launch and a kernel.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .capture import active_captures, check_rng, refuse_malloc, refuse_sync
+from .clock import CLOCK, cost_model
+from .memory import ALLOCATOR
+from .streams import current_stream
+
+aten = torch.ops.aten
+
+# Ops that make the host wait for the device: a value or an output size must come back.
+_SYNC_OPS = {
+    aten._local_scalar_dense.default,
+    aten.is_nonzero.default,
+    aten.equal.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+    aten.unique_dim.default,
+    aten.repeat_interleave.Tensor,
+}
+_ALLOCATION_OPS = {
+    aten.empty.memory_format,
+    aten.empty_strided.default,
+    aten.empty_like.default,
+    aten.new_empty.default,
+    aten.new_empty_strided.default,
+}
+
+
+def _is_alias_op(func) -> bool:
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+
+
+def _is_sync(func, args) -> bool:
+    if func in _SYNC_OPS:
+        return True
+    if func is aten.index.Tensor:  # x[mask]: a boolean index needs nonzero() first
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+    return False
+
+
+def _op_name(func) -> str:
+    return func.__name__ if hasattr(func, "__name__") else str(func)
+
+
+def _mutated_results(func, args, kwargs, result):
+    """The argument objects an in-place / out= op returns (it returns its own arguments)."""
+    schema = func._schema
+    bound = {}
+    for i, a in enumerate(schema.arguments):
+        if a.name in kwargs:
+            bound[a.name] = kwargs[a.name]
+        elif i < len(args) and not a.kwarg_only:
+            bound[a.name] = args[i]
+    outs = []
+    for r in schema.returns:
+        match = None
+        if r.alias_info is not None:
+            for a in schema.arguments:
+                if a.alias_info is not None and a.alias_info.before_set == r.alias_info.before_set:
+                    match = bound.get(a.name)
+                    break
+        outs.append(match)
+    if len(schema.returns) == 1:
+        return outs[0] if outs[0] is not None else result
+    return tuple(o if o is not None else r for o, r in zip(outs, result)) if isinstance(result, (list, tuple)) else result
+
+
+def _meta(x):
+    if isinstance(x, torch.Tensor):
+        return torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device="meta")
+    return x
+
+
+def _shapes_of(func, args, kwargs):
+    """Run the op on shapes alone (meta tensors) to learn its outputs without computing them."""
+    try:
+        mkwargs = dict(tree_map(_meta, kwargs))
+        if "device" in mkwargs:
+            mkwargs["device"] = torch.device("meta")
+        mkwargs.pop("generator", None)
+        return func(*tree_map(_meta, args), **mkwargs)
+    except Exception:
+        # No meta kernel: run it on copies, which leaves the real arguments untouched.
+        clone = lambda x: x.clone() if isinstance(x, torch.Tensor) else x  # noqa: E731
+        return func(*tree_map(clone, args), **tree_map(clone, kwargs))
+
+
+def _kernel_us(func, args, kwargs, out) -> float:
+    from graphlab_utils import costmodel
+
+    nbytes, flops = costmodel.estimate_op_cost(func, args, kwargs, out)
+    return cost_model().kernel_us(nbytes, flops, func)
+
+
+def _is_kernel(func) -> bool:
+    from graphlab_utils import costmodel
+
+    return costmodel.is_kernel_op(func)
+
+
+def _node_kind(func, args) -> str:
+    if func is aten.copy_.default and isinstance(args[1], torch.Tensor):
+        dst, src = args[0], args[1]
+        if dst.dtype == src.dtype and dst.is_contiguous() and src.is_contiguous() and dst.shape == src.shape:
+            return "memcpy"
+    return "kernel"
+
+
+class SimMode(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        stream = current_stream()
+        capture = stream.capture
+
+        if _is_sync(func, args):
+            refuse_sync(stream, f"{_op_name(func)} (a host sync, e.g. .item())")
+            CLOCK.sync_stream(stream.stream_id)
+        if _is_alias_op(func):  # views and aliases: metadata only, no kernel on a GPU
+            CLOCK.host_work(cost_model().eager_view_us)
+            return func(*args, **kwargs)
+        if capture is not None:
+            return self._record(capture, stream, func, args, kwargs)
+        return self._run_eagerly(stream, func, args, kwargs)
+
+    # -- outside capture -----------------------------------------------------------------
+    def _run_eagerly(self, stream, func, args, kwargs):
+        check_rng(func)
+        result = func(*args, **kwargs)
+        if func._schema.is_mutable:
+            out = result
+        else:
+            flat, spec = tree_flatten(result)
+            if active_captures():
+                for t in flat:
+                    if isinstance(t, torch.Tensor) and ALLOCATOR.default.find_free(t.untyped_storage().nbytes()) is None:
+                        refuse_malloc(f"{_op_name(func)}")
+            flat = [ALLOCATOR.adopt(t, ALLOCATOR.default) if isinstance(t, torch.Tensor) else t for t in flat]
+            out = spec.unflatten(flat) if hasattr(spec, "unflatten") else torch.utils._pytree.tree_unflatten(flat, spec)
+        if func not in _ALLOCATION_OPS and _is_kernel(func):
+            CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), cost_model().eager_host_us(func))
+        else:
+            CLOCK.host_work(cost_model().eager_view_us)
+        return out
+
+    # -- during capture --------------------------------------------------------------------
+    def _record(self, capture, stream, func, args, kwargs):
+        from .capture import TensorRef, _bind
+
+        shapes = _shapes_of(func, args, kwargs)
+        mutating = func._schema.is_mutable
+        if mutating:
+            result = _mutated_results(func, args, kwargs, shapes)
+            outputs = []
+        else:
+            flat, spec = tree_flatten(shapes)
+            real = [
+                ALLOCATOR.empty(tuple(t.size()), tuple(t.stride()), t.dtype, capture.pool) if isinstance(t, torch.Tensor) else t
+                for t in flat
+            ]
+            result = torch.utils._pytree.tree_unflatten(real, spec)
+            outputs = [TensorRef(t) if isinstance(t, torch.Tensor) else None for t in real]
+        if func in _ALLOCATION_OPS:
+            return result  # an allocation from the graph's pool, not a node
+        capture.add_node(
+            stream,
+            func=func,
+            args=_bind(tuple(args)),
+            kwargs={k: _bind(v) for k, v in kwargs.items()},
+            outputs=outputs,
+            mutating=mutating,
+            kernel_us=_kernel_us(func, args, kwargs, shapes),
+            kind=_node_kind(func, args),
+        )
+        return result
