@@ -36,13 +36,15 @@ NBVAL_PATHS = $(sort $(wildcard notebooks/*.ipynb solutions/*.ipynb))
 # with PYTHON=... pointing elsewhere, `pip install -e .` runs every time.
 INSTALL_STAMP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),$(VENV)/.graphlab-installed,)
 
-.PHONY: help env lab test labs doctor
+.PHONY: help env lab test test-gpu labs doctor
 
 help:
 	@echo "make lab     open the course in JupyterLab (sets up $(or $(VENV),the environment) on first run)"
 	@echo "make test    run the whole test suite (same set-up)"
 	@echo "make labs    regenerate labs/ from solutions/"
 	@echo "make doctor  report the environment and say what to fix"
+	@echo "make test-gpu  on an NVIDIA GPU machine: unit tests, conformance on both backends, strict nbval"
+	@echo "               of every notebook on the real backend, and a report in reports/gpu/"
 	@echo "options: PYTHON=... (use that interpreter, no virtualenv), TORCH_SPEC='torch==2.11.*',"
 	@echo "         VENV_ARGS=--system-site-packages, LAB_ARGS='--port 8899 --no-browser'"
 
@@ -82,6 +84,11 @@ test: env
 			--nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) \
 			$(NBVAL_PATHS); \
 	fi
+
+# On a GPU machine: everything the course claims, checked on the real GPU, and a report.
+GPU_RUN_DIR ?= build/gpu-run
+test-gpu: env
+	"$(PYTHON)" tools/gpu/test_gpu.py --out $(GPU_RUN_DIR) --report
 
 labs: env
 	"$(PYTHON)" -m graphlab_utils build-labs

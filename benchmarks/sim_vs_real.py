@@ -11,7 +11,11 @@ tiny elementwise kernels for N in 10, 30, 100, 300, 1000; a small MLP; one 4096x
 matmul) it measures, on the real GPU: the eager time per pass, the graph replay time, the
 capture time and the instantiate time, all through ``graphlab_utils.timing``. It then runs
 the SAME code in a child process with ``GRAPHLAB_BACKEND=sim`` (the simulator on the CPU,
-the GPU hidden) and reads the modelled figures. It writes
+the GPU hidden) and reads the modelled figures. By default it first calibrates the cost
+model on this GPU (``graphlab calibrate``, in the same process) and models with that
+calibration, so the table shows the model's own error rather than the drift of host-side
+figures between runs; ``--packaged-calibration`` models with the shipped file instead. It
+writes the calibration it used next to the report, and
 ``reports/sim_vs_real/<date>-<gpu>.json`` and ``.md``: per workload and quantity the
 measured and the modelled figure, their ratio and whether it is within 30%.
 
@@ -139,11 +143,13 @@ def run_all(names: list[str], repeat: int, log: Any = sys.stderr) -> dict:
 # -- the child process (simulator) --------------------------------------------------------------
 
 
-def run_sim_child(names: list[str], repeat: int, timeout: int) -> dict:
+def run_sim_child(names: list[str], repeat: int, timeout: int, calibration: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sim.json"
         env = dict(os.environ)
         env["GRAPHLAB_BACKEND"] = "sim"
+        if calibration is not None:
+            env["GRAPHLAB_CALIBRATION"] = str(calibration)
         env["CUDA_VISIBLE_DEVICES"] = ""  # the simulator must not touch the GPU
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
         cmd = [
@@ -209,7 +215,8 @@ def render_markdown(report: dict) -> str:
         f"- GPU: {report['gpu_name']} (driver {report.get('driver_version') or 'unknown'}),"
         f" torch {report['torch_version']}, CUDA {report.get('cuda_version')}, Python {report['python_version']}",
         f"- cost model: calibrated on {report['calibration']['gpu_name']}"
-        f" ({report['calibration']['measured_on']}; {report['calibration']['source']})",
+        f" ({report['calibration']['measured_on']}; {report['calibration']['source']};"
+        f" `{report['calibration']['file']}`)",
         f"- measured: CUDA events (device time per call) and `perf_counter` (host phases),"
         f" medians after warm-up; modelled: the same code under `GRAPHLAB_BACKEND=sim`",
         "",
@@ -256,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", help="comma-separated subset of: " + ", ".join(_workload_names()))
     parser.add_argument("--out-dir", type=Path, default=ROOT / "reports" / "sim_vs_real")
     parser.add_argument("--sim-only", action="store_true", help="run only the simulator half and print it")
+    parser.add_argument(
+        "--packaged-calibration", action="store_true",
+        help="model with the packaged calibration file instead of a fresh calibration of this GPU"
+        " taken just before the measurements",
+    )
     parser.add_argument("--timeout", type=int, default=900, help="limit for the simulator run, seconds")
     parser.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -281,10 +293,24 @@ def main(argv: list[str] | None = None) -> int:
               " (use --sim-only for the modelled half).", file=sys.stderr)
         return 2
     os.environ["GRAPHLAB_BACKEND"] = "real"
-    real = run_all(names, repeat)
-    sim = run_sim_child(names, repeat, args.timeout)
-    cal = costmodel.load()
     date = _dt.date.today().isoformat()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    cal_path = None
+    if not args.packaged_calibration:
+        # host-side figures drift from one minute to the next on the same machine: calibrate
+        # right before measuring, so that the table shows the model's error, not the drift
+        from graphlab_utils import calibrate
+
+        print("calibrating ...", file=sys.stderr, flush=True)
+        record = calibrate.measure_all(repeat=20)
+        if any(v is None for v in record["constants"].values()):
+            print("error: the calibration is incomplete: " + "; ".join(record["notes"]), file=sys.stderr)
+            return 1
+        cal_path = (args.out_dir / f"{date}-calibration.json").resolve()
+        cal_path.write_text(json.dumps(record, indent=2) + "\n")
+    real = run_all(names, repeat)
+    sim = run_sim_child(names, repeat, args.timeout, cal_path)
+    cal = costmodel.load(cal_path)
     report = {
         "date": date,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -294,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         "cuda_version": torch.version.cuda,
         "python_version": platform.python_version(),
         "calibration": {
-            "gpu_name": cal.gpu_name, "measured_on": cal.measured_on, "source": cal.source,
+            "gpu_name": cal.gpu_name, "measured_on": cal.measured_on,
+            "source": cal.source if cal_path is None else "graphlab calibrate, run by this benchmark just before",
+            "file": str(cal_path.relative_to(ROOT) if cal_path and cal_path.is_relative_to(ROOT) else (cal_path or "packaged")),
         },
         "tolerance": TOLERANCE,
         "workloads": names,
@@ -303,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         "sim_error": sim.get("error"),
         "rows": compare(real, sim, names),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"{date}-{_slug(real['gpu_name'])}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     md = render_markdown(report)

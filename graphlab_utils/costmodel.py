@@ -48,7 +48,8 @@ Interface
   ``exec_update_us``.
   Optional constants (``OPTIONAL_CONSTANTS``) may be absent from a calibration file; at 0
   they fall back to the general figure.
-* ``load(path=None) -> CostModel``: reads a calibration file (default: the packaged one);
+* ``load(path=None) -> CostModel``: reads a calibration file (default: the packaged one, or
+  the file named by ``$GRAPHLAB_CALIBRATION``);
   cached per path; raises ``CalibrationError`` with one clear sentence if the file is
   missing or malformed.
 * ``estimate_op_cost(func, args, kwargs, outputs) -> (bytes_moved, flops)`` for one aten op.
@@ -60,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,8 @@ __all__ = [
     "CONSTANT_FIELDS",
     "OPTIONAL_CONSTANTS",
     "DEFAULT_PATH",
+    "ENV_VAR",
+    "default_path",
     "load",
     "model_from_dict",
     "estimate_op_cost",
@@ -79,6 +83,7 @@ __all__ = [
 ]
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "calibration.json"
+ENV_VAR = "GRAPHLAB_CALIBRATION"  # another calibration file (benchmarks, what-if runs)
 
 
 class CalibrationError(ValueError):
@@ -233,9 +238,16 @@ def model_from_dict(data: Any, where: str = "calibration data") -> CostModel:
     return CostModel(**values)
 
 
+def default_path() -> Path:
+    """The calibration file ``load()`` reads: ``$GRAPHLAB_CALIBRATION`` when set, else the
+    packaged ``graphlab_utils/data/calibration.json``."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    return Path(env).expanduser().resolve() if env else DEFAULT_PATH
+
+
 def load(path: str | Path | None = None) -> CostModel:
-    """Load the cost model from ``path`` (default: the packaged calibration file); cached."""
-    p = Path(path).expanduser().resolve() if path is not None else DEFAULT_PATH
+    """Load the cost model from ``path`` (default: ``default_path()``); cached per file."""
+    p = Path(path).expanduser().resolve() if path is not None else default_path()
     with _lock:
         hit = _cache.get(p)
         if hit is not None:

@@ -89,7 +89,7 @@ def test_calibrate_quick_on_gpu(tmp_path):
         assert c[k] > 0, k
     # what the course teaches must hold on the machine that calibrates
     assert c["eager_launch_us"] > c["graph_node_us"]
-    assert data["raw"]["eager_pass_us"] and data["fits"]["replay"]["x"] == [10, 100]
+    assert data["raw"]["eager_pass_us"] and data["fits"]["replay"]["x"] == list(calibrate.QUICK_SIZES)
     if c["exec_update_per_node_us"] is not None:
         model = costmodel.model_from_dict(data)
         assert model.exec_update_us(100) < model.instantiate_us(100) * 10
@@ -108,3 +108,36 @@ def test_fit_line_relative_and_through_origin():
     assert b == pytest.approx(50.0) and a == pytest.approx(2.5)
     with pytest.raises(ValueError):
         calibrate.fit_line([1, 2], [0.0, 1.0], relative=True)
+
+
+def _load_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sim_vs_real", ROOT / "benchmarks" / "sim_vs_real.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_report_table():
+    bench = _load_benchmark()
+    real = {"results": {"chain10": {"eager_ms": 0.10, "replay_ms": 0.02, "speedup": 5.0,
+                                    "capture_ms": 0.3, "instantiate_ms": 0.05, "graph_equals_eager": True}}}
+    sim = {"results": {"chain10": {"eager_ms": 0.12, "replay_ms": 0.03, "speedup": 4.0,
+                                   "capture_ms": 0.3, "instantiate_ms": 0.05}}}
+    rows = bench.compare(real, sim, ["chain10"])
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["eager_ms"]["ratio"] == pytest.approx(1.2) and by_key["eager_ms"]["within_tolerance"]
+    assert by_key["replay_ms"]["ratio"] == pytest.approx(1.5) and not by_key["replay_ms"]["within_tolerance"]
+    report = {
+        "gpu_name": "Test GPU", "date": "2026-01-01", "command": "python3 benchmarks/sim_vs_real.py",
+        "torch_version": "2.x", "cuda_version": "13.0", "python_version": "3.12",
+        "calibration": {"gpu_name": "Test GPU", "measured_on": "2026-01-01", "source": "test", "file": "x.json"},
+        "real": real, "sim": sim, "rows": rows,
+    }
+    md = bench.render_markdown(report)
+    assert "| chain10 | eager pass | 0.100 ms | 0.120 ms | 1.20 | yes |" in md
+    assert "| chain10 | graph replay | 20.0 us | 30.0 us | 1.50 | **no** |" in md
+    assert "4 of 5 figures within 30%." in md
+    failed = bench.compare(real, {"error": "boom"}, ["chain10"])
+    assert all(r["ratio"] is None for r in failed)

@@ -361,3 +361,15 @@ def test_capture_op_us():
     assert m.capture_op_us(aten.mm.default) == 50.0 + (14.0 - 10.0)
     assert m.capture_op_us(aten.view.default) == 1.5
     assert m.capture_op_us(None) == 50.0
+
+
+def test_env_var_names_another_calibration(tmp_path, monkeypatch):
+    data = json.loads(costmodel.DEFAULT_PATH.read_text())
+    data["gpu_name"] = "Other GPU"
+    p = tmp_path / "other.json"
+    p.write_text(json.dumps(data))
+    monkeypatch.setenv(costmodel.ENV_VAR, str(p))
+    assert costmodel.default_path() == p.resolve()
+    assert costmodel.load().gpu_name == "Other GPU"
+    monkeypatch.delenv(costmodel.ENV_VAR)
+    assert costmodel.load().gpu_name != "Other GPU"

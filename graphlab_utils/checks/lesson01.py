@@ -15,7 +15,8 @@ The lab's functions and the checks that run them:
   four timings (capture, instantiate, replay, eager) of a 100-kernel chain; each must come
   from the course's timing helper and lie within a factor :data:`TOLERANCE` of the check's
   own measurement taken side by side in the same run (exact on the simulator, where the
-  clock is modelled), and replay must beat eager.
+  clock is modelled); two phases that the check finds at least :data:`ORDER_RATIO` apart
+  must come in the same order (so swapped phases fail), and replay must beat eager.
 * :func:`check_first_paying_count` feeds the learner's ``first_paying_count(sweep, calls)``
   made-up sweeps and compares with :func:`first_paying_count_reference`.
 
@@ -30,6 +31,7 @@ from ._core import check, fail, ok
 
 __all__ = [
     "TOLERANCE",
+    "ORDER_RATIO",
     "PHASES",
     "CHECK_KERNELS",
     "graph_pays",
@@ -40,7 +42,8 @@ __all__ = [
     "check_first_paying_count",
 ]
 
-TOLERANCE = 3.0  # a learner's timing may differ from the check's own by this factor at most
+TOLERANCE = 2.0  # a learner's timing may differ from the check's own by this factor at most
+ORDER_RATIO = 1.5  # phases this far apart in the check's measurement must keep their order
 PHASES = ("capture", "instantiate", "replay", "eager")
 CHECK_KERNELS = 100  # the chain check_time_phases times: launch-bound on any GPU
 RTOL, ATOL = 1e-4, 1e-5
@@ -351,6 +354,18 @@ def check_time_phases(time_phases):
            f"{key}: {timing.format_ms(value.median_ms)}",
            "time a call that does the work of the phase")
     mine = _reference_phases(fn)
+    wrong_order = [(a, b) for a in PHASES for b in PHASES
+                   if mine[a].median_ms >= ORDER_RATIO * mine[b].median_ms
+                   and not phases[a].median_ms > phases[b].median_ms]
+    if wrong_order:
+        a, b = wrong_order[0]
+        involved = {k for pair in wrong_order for k in pair}
+        worst = max(sorted(involved, key=PHASES.index),
+                    key=lambda k: abs(math.log(phases[k].median_ms / mine[k].median_ms)))
+        fail(f"{a} slower than {b}, as in the check's own measurement ({mine[a]} vs {mine[b]})",
+             f"{a} {phases[a]}, {b} {phases[b]}",
+             f"are two phases swapped? Your {worst} is the furthest from the check's ({mine[worst]}): "
+             + _PHASE_IDEAS[worst])
     for key in PHASES:
         ratio = phases[key].median_ms / mine[key].median_ms
         ok(1.0 / TOLERANCE <= ratio <= TOLERANCE,

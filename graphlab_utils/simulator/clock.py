@@ -11,10 +11,20 @@ import threading
 from dataclasses import dataclass, field
 
 
-def cost_model():
-    from graphlab_utils import costmodel
+_MODEL: list = []
 
-    return costmodel.load()
+
+def cost_model():
+    """The calibrated cost model, loaded once (every simulated op asks for it)."""
+    if not _MODEL:
+        from graphlab_utils import costmodel
+
+        _MODEL.append(costmodel.load())
+    return _MODEL[0]
+
+
+def reload_cost_model() -> None:
+    _MODEL.clear()
 
 
 @dataclass

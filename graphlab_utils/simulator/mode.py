@@ -42,7 +42,11 @@ _ALLOCATION_OPS = {
 
 
 def _is_alias_op(func) -> bool:
-    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+    try:
+        return _ALIAS[func]
+    except KeyError:
+        _ALIAS[func] = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+        return _ALIAS[func]
 
 
 def _is_sync(func, args) -> bool:
@@ -107,10 +111,25 @@ def _kernel_us(func, args, kwargs, out) -> float:
     return cost_model().kernel_us(nbytes, flops, func)
 
 
-def _is_kernel(func) -> bool:
-    from graphlab_utils import costmodel
+_KERNEL: dict = {}
 
-    return costmodel.is_kernel_op(func)
+
+def _is_kernel(func) -> bool:
+    if func not in _KERNEL:
+        from graphlab_utils import costmodel
+
+        _KERNEL[func] = costmodel.is_kernel_op(func)
+    return _KERNEL[func]
+
+
+_ALIAS: dict = {}
+_HOST_US: dict = {}
+
+
+def _eager_host_us(func) -> float:
+    if func not in _HOST_US:
+        _HOST_US[func] = cost_model().eager_host_us(func)
+    return _HOST_US[func]
 
 
 def _node_kind(func, args) -> str:
@@ -152,7 +171,7 @@ class SimMode(TorchDispatchMode):
             flat = [ALLOCATOR.adopt(t, ALLOCATOR.default) if isinstance(t, torch.Tensor) else t for t in flat]
             out = spec.unflatten(flat) if hasattr(spec, "unflatten") else torch.utils._pytree.tree_unflatten(flat, spec)
         if func not in _ALLOCATION_OPS and _is_kernel(func):
-            CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), cost_model().eager_host_us(func))
+            CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), _eager_host_us(func))
         else:
             CLOCK.host_work(cost_model().eager_view_us)
         return out

@@ -1,0 +1,173 @@
+"""The course verified on a real GPU: run phases, keep their results, write one report.
+
+    python3 tools/gpu/test_gpu.py --out build/gpu-run                 # every phase, then the report
+    python3 tools/gpu/test_gpu.py --out DIR --phases nbval             # one phase (to split a long run)
+    python3 tools/gpu/test_gpu.py --report DIR [DIR ...]               # merge phase results into reports/gpu/
+
+Phases (each writes DIR/<phase>.json):
+  env          GPU, driver, CUDA, torch, Python
+  unit         the unit tests (pytest tests), GPU-marked tests included
+  conformance  every simulator scenario on the real backend and on the simulator
+  benchmark    modelled vs measured timings of the standard workloads (benchmarks/sim_vs_real.py)
+  nbval        strict nbval of every lesson and solution, one notebook at a time, real backend
+  execute      every lesson executed on the GPU (nbclient), kept as DIR/executed.tar.gz for figures
+The report (reports/gpu/<date>-<gpu>.md and .json) gathers the phases found in the given
+directories; `make test-gpu` runs everything and then the report.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PHASES = ("env", "unit", "conformance", "benchmark", "nbval", "execute")
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+
+
+def _run(cmd, timeout=900, env=None):
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    return proc.returncode, proc.stdout + proc.stderr, round(time.time() - t0, 1)
+
+
+def _pytest_counts(text: str) -> dict:
+    counts = {}
+    for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed)", text.splitlines()[-1] if text.strip() else ""):
+        counts[word] = int(n)
+    return counts
+
+
+def phase_env(out: Path) -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        info["nvidia_smi"] = smi
+        info["driver"] = smi.split(",")[1].strip() if smi else None
+    except (OSError, subprocess.SubprocessError):
+        info["driver"] = None
+    try:
+        from cuda import bindings
+
+        info["cuda_python"] = bindings.__version__
+    except ImportError:
+        info["cuda_python"] = None
+    return info
+
+
+def phase_unit(out: Path) -> dict:
+    rc, text, secs = _run([sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"], timeout=1200)
+    return {"returncode": rc, "seconds": secs, "counts": _pytest_counts(text), "tail": text[-3000:]}
+
+
+def phase_conformance(out: Path) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from graphlab_utils import conformance
+
+    results = {b: conformance.run(b) for b in ("real", "sim")}
+    return {"results": results, "table": conformance.table(results),
+            "all_expected": all(conformance.verdict(n, results[b][n]) for b in results for n in results[b]),
+            "backends_agree": all(conformance._public(results["real"][n]) == conformance._public(results["sim"][n])
+                                  for n in results["real"])}
+
+
+def phase_benchmark(out: Path) -> dict:
+    rc, text, secs = _run([sys.executable, "benchmarks/sim_vs_real.py", "--out-dir", str(out / "benchmark")], timeout=900)
+    found = sorted(glob.glob(str(out / "benchmark" / "*.json")))
+    data = json.loads(Path(found[-1]).read_text()) if found else None
+    return {"returncode": rc, "seconds": secs, "data": data, "tail": text[-2000:]}
+
+
+def _notebooks(pattern: str | None) -> list:
+    paths = sorted(glob.glob(str(ROOT / "notebooks" / "*.ipynb")) + glob.glob(str(ROOT / "solutions" / "*.ipynb")))
+    rel = [os.path.relpath(p, ROOT) for p in paths]
+    return [p for p in rel if not pattern or re.search(pattern, p)]
+
+
+def phase_nbval(out: Path, pattern: str | None = None) -> dict:
+    results = {}
+    for nb in _notebooks(pattern):
+        rc, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+                               "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
+                               "--nbval-cell-timeout=600", nb], timeout=900, env={"GRAPHLAB_BACKEND": "real"})
+        results[nb] = {"passed": rc == 0, "seconds": secs, "counts": _pytest_counts(text),
+                       "tail": "" if rc == 0 else text[-4000:]}
+        print(f"nbval {nb}: {'pass' if rc == 0 else 'FAIL'} in {secs} s", flush=True)
+    return {"notebooks": results, "all_passed": all(r["passed"] for r in results.values())}
+
+
+def phase_execute(out: Path, pattern: str | None = None) -> dict:
+    import nbformat
+    from nbclient import NotebookClient
+
+    done = {}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for nb_path in _notebooks(pattern or r"^notebooks/"):
+            nb = nbformat.read(ROOT / nb_path, as_version=4)
+            t0 = time.time()
+            try:
+                NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+                done[nb_path] = {"ok": True}
+            except Exception as exc:  # noqa: BLE001 - reported, the archive keeps what ran
+                done[nb_path] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            done[nb_path]["seconds"] = round(time.time() - t0, 1)
+            data = nbformat.writes(nb).encode()
+            info = tarfile.TarInfo(nb_path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            print(f"executed {nb_path}: {'ok' if done[nb_path]['ok'] else 'FAILED'}", flush=True)
+    (out / "executed.tar.gz").write_bytes(buf.getvalue())
+    return {"notebooks": done}
+
+
+def run_phases(out: Path, phases, pattern) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for phase in phases:
+        fn = globals()[f"phase_{phase}"]
+        print(f"=== {phase}", flush=True)
+        result = fn(out, pattern) if phase in ("nbval", "execute") else fn(out)
+        (out / f"{phase}.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, help="directory for the phase results")
+    p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of: " + ", ".join(PHASES))
+    p.add_argument("--notebooks", help="regular expression: only notebooks whose path matches (nbval, execute)")
+    p.add_argument("--report", nargs="*", type=Path, help="merge phase results from these directories into reports/gpu/")
+    a = p.parse_args(argv)
+    if a.out:
+        phases = [x for x in a.phases.split(",") if x]
+        bad = [x for x in phases if x not in PHASES]
+        if bad:
+            p.error(f"unknown phase(s) {bad}; choose from {', '.join(PHASES)}")
+        run_phases(a.out, phases, a.notebooks)
+    if a.report is not None:
+        sys.path.insert(0, str(ROOT / "tools" / "gpu"))
+        from gpu_report import write_report
+
+        dirs = a.report or ([a.out] if a.out else [])
+        print(write_report(dirs))
+    if not a.out and a.report is None:
+        p.error("give --out DIR (run phases) and/or --report DIR ...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
