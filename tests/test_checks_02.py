@@ -105,7 +105,7 @@ def test_parallel_block_passes_for_reference_and_alternative():
 
 
 def test_parallel_block_hints():
-    assert fails_with(L.check_parallel_block(block_one_stream, quiet=True), "width 1", "Fork")
+    assert fails_with(L.check_parallel_block(block_one_stream, quiet=True), "width 1", "Fork first")
     assert fails_with(L.check_parallel_block(block_fork_late, quiet=True), "1 root(s)")
     assert fails_with(L.check_parallel_block(block_unjoined, quiet=True), "cudaErrorStreamCaptureUnjoined",
                       "wait_stream(side)")
@@ -198,6 +198,10 @@ def probs_float(logits, temperature):
     return torch.softmax(logits / float(temperature), dim=-1)
 
 
+def probs_tolist(logits, temperature):
+    return torch.softmax(logits / temperature.tolist()[0], dim=-1)
+
+
 def test_sampling_probs_passes():
     assert passes(L.check_sampling_probs(probs_reference, quiet=True))
     assert passes(L.check_sampling_probs(probs_alternative, quiet=True))
@@ -207,6 +211,8 @@ def test_sampling_probs_hints():
     assert fails_with(L.check_sampling_probs(probs_item, quiet=True), "cudaErrorStreamCaptureUnsupported", ".item()")
     assert fails_with(L.check_sampling_probs(probs_frozen, quiet=True), "frozen at capture")
     assert fails_with(L.check_sampling_probs(probs_float, quiet=True), "cudaErrorStreamCaptureInvalidated")
+    assert fails_with(L.check_sampling_probs(probs_tolist, quiet=True), "Cannot copy between CPU and CUDA",
+                      "copied back to the host")
 
 
 # ---------------------------------------------------------------------------------------

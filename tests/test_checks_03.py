@@ -329,3 +329,12 @@ def test_fresh_noise_scalar_and_missing(L03):
 def test_checks_print_one_line_on_success(L03, capsys):
     L03.check_fresh_noise(noise_reference)
     assert capsys.readouterr().out == "[PASS] fresh noise per replay: check passed\n"
+
+
+def test_printing_a_tensor_counts_as_a_sync(L03):
+    def chatty(latent, cond, uncond, scale):
+        print(scale)  # formatting copies the value to the CPU
+        return select_reference(latent, cond, uncond, scale)
+
+    r = L03.check_device_select(chatty, quiet=True)
+    assert not r.passed and "printing a tensor" in r.seen

@@ -355,23 +355,29 @@ L_FORBID_MD = """\
 ---
 ## 5. What a capture forbids
 
-During capture nothing runs, so no result exists yet. Any call that makes the CPU **wait for
-a result of the GPU** is refused: there is nothing to wait for, and a wait could not be
-recorded in the graph anyway. The usual suspects:
+During capture nothing runs, so no result exists yet. Any call that needs a result **on
+the host** is refused: there is nothing to wait for, and a wait could not be recorded in
+the graph anyway. Two families, refused in two places:
 
-* `t.item()`, `float(t)`, `int(t)`, `bool(t)` and `if t:` (a value copied to the host);
-* `print(t)` and f-strings of a tensor's value (printing reads the values);
-* `t.cpu()`, `t.tolist()`, `t.numpy()` (a copy to pageable host memory waits for it);
-* `torch.cuda.synchronize()`, `stream.synchronize()`, `event.synchronize()`;
-* ops whose output size depends on the data: `t.nonzero()`, `t[mask]`, `torch.unique(t)`
-  (lesson 03).
+* **Syncs**, refused by CUDA: `t.item()`, `float(t)`, `int(t)` and `if t:` (a value copied
+  to the host); printing a tensor or formatting its value (`print(t)`, `f"{t:.3f}"`);
+  `torch.cuda.synchronize()` and `torch.cuda.current_stream().synchronize()`; ops whose
+  output size depends on the data, such as `t.nonzero()` or `t[mask]` (lesson 03). Each
+  raises `cudaErrorStreamCaptureUnsupported` and **invalidates** the capture: PyTorch
+  reports `cudaErrorStreamCaptureInvalidated` when the capture ends, and the process is
+  damaged.
+* **Copies to the host**, refused by PyTorch itself: `t.cpu()`, `t.tolist()` and
+  `t.numpy()` raise a `RuntimeError` ("Cannot copy between CPU and CUDA tensors during CUDA
+  graph capture unless the CPU tensor is pinned") before CUDA sees anything. The capture is
+  not invalidated, but the exception still leaves the `with` block: the graph ends where
+  the copy was, without the rest of your code.
 
-Each raises `cudaErrorStreamCaptureUnsupported` and invalidates the capture; PyTorch then
-reports `cudaErrorStreamCaptureInvalidated` when the capture ends. The cell below shows it
-for `.item()`, and then what the failed capture leaves behind: the process's CUDA random
-generator is still in capture state, and the next `torch.randn` on the device fails. This is
-why the lesson runs failing captures in a child process; in your own code, restart the
-process after a failed capture.
+The cell below shows the first family with `.item()`, and then what the failed capture
+leaves behind: the process's CUDA random generator is still in capture state, and the next
+`torch.randn` on the device fails. This is why the lesson runs failing captures in a child
+process; in your own code, restart the process after a failed capture. (On a GPU even the
+refused `capture_begin()` of section 2 leaves this damage behind: PyTorch prepares its
+random generator for the capture before it checks the stream.)
 """
 
 L_ITEM_CODE = """\
@@ -387,9 +393,9 @@ except Exception as exc:
 torch.randn(4, device=DEVICE)      # the next random tensor: the process is damaged"""
 
 L_TABLE_MD = """\
-The four calls of the list, each in a child process of its own. `run_isolated` is the
-function behind `%%run_isolated`; it returns the error of the child and the first error
-in its chain:
+Three more calls from the lists, each in a child process of its own. `run_isolated` is the
+function behind `%%run_isolated`; it returns the child's error and, for a capture that
+CUDA invalidated, the first error in its chain:
 """
 
 L_TABLE_CODE = """\
@@ -403,15 +409,16 @@ with torch.cuda.graph(g):
     {line}
 '''
 forbidden = {
-    "total.item()": "value = total.item()",
     "print(total)": "print(total)",
     "total.cpu()": "on_host = total.cpu()",
     "torch.cuda.synchronize()": "torch.cuda.synchronize()",
 }
 for name, line in forbidden.items():
     r = run_isolated(ATTEMPT.format(line=line))
-    first = r.cause["cuda_error"] if r.cause else None
-    print(f"{name:25} {r.error_type} {r.cuda_error}, first error {first}")"""
+    if r.cuda_error:   # refused by CUDA: the capture is invalidated
+        print(f"{name:25} {r.error_type}: {r.cuda_error}, first error {r.cause['cuda_error']}")
+    else:              # refused by PyTorch before CUDA sees it
+        print(f"{name:25} {r.error_type}: {r.first_line.split('. ')[0]}")"""
 
 L_INSTEAD_MD = """\
 What to do instead: keep the value **on the device** inside the graph, and read it on the
@@ -445,8 +452,8 @@ another thread.
 
 Two things no mode allows:
 
-* a **sync on the capturing stream** (`.item()`, `.cpu()`, `print(t)`, `synchronize()`):
-  there is still nothing to wait for;
+* a **sync or a copy to the host on the capturing stream** (`.item()`, `print(t)`,
+  `synchronize()`, `.cpu()`): there is still nothing to wait for;
 * putting **unforked work into the graph**. In `relaxed` mode the unforked stream of
   section 4 is allowed, but its work runs eagerly, once, during the capture, and the
   graph does not contain it:
@@ -470,38 +477,40 @@ torch.cuda.synchronize()
 print("after a replay on a new x, y follows it:", torch.equal(y, x * 2), "| z does not:", torch.equal(z, x + 1))"""
 
 L_MODES_TABLE_MD = """\
-The same two mistakes in each mode, each in a child process: the unforked stream, and
-`.item()` on the capturing stream.
+`global` refused the unforked stream in section 4 and `.item()` in section 5. The other
+two modes keep refusing what concerns the capturing thread and stream. `thread_local`
+refuses the unforked stream of the capturing thread:
 """
 
-L_MODES_TABLE_CODE = """\
-UNFORKED = '''
+L_MODES_TL_CODE = """\
+%%run_isolated
 x = torch.randn(1 << 16, device=DEVICE)
 other = torch.cuda.Stream()
 g = torch.cuda.CUDAGraph()
-with torch.cuda.graph(g, capture_error_mode={mode!r}):
+with torch.cuda.graph(g, capture_error_mode="thread_local"):
     y = x * 2
-    with torch.cuda.stream(other):
-        z = x + 1
-'''
-ITEM = '''
+    with torch.cuda.stream(other):   # never forked, in the capturing thread
+        z = x + 1"""
+
+L_MODES_RELAXED_MD = """\
+and `relaxed` still refuses a sync on the capturing stream:
+"""
+
+L_MODES_ITEM_CODE = """\
+%%run_isolated
 x = torch.randn(1024, device=DEVICE)
 g = torch.cuda.CUDAGraph()
-with torch.cuda.graph(g, capture_error_mode={mode!r}):
-    value = x.sum().item()
-'''
-
-def outcome(code):
-    r = run_isolated(code)
-    return "captured" if r.ok else f"{r.error_type} ({r.cuda_error})"
-
-for mode in ("global", "thread_local", "relaxed"):
-    print(f"{mode:12}  unforked stream: {outcome(UNFORKED.format(mode=mode))}")
-    print(f"{'':12}  .item():         {outcome(ITEM.format(mode=mode))}")"""
+with torch.cuda.graph(g, capture_error_mode="relaxed"):
+    total = x.sum()
+    value = total.item()"""
 
 L_MODES_AFTER_MD = """\
 In one thread, `thread_local` refuses what `global` refuses; the two differ only for
-**other threads**, which `global` also stops while any global capture runs. That is why
+**other threads**, which `global` also stops while any global capture runs. (On an H100, a
+second thread that allocated device memory during a `global` capture got
+`cudaErrorStreamCaptureUnsupported` and invalidated the capture; during a `thread_local`
+capture the same allocation went through. The simulator does not model other threads, so
+no cell shows it here.) That is why
 PyTorch's own compiled graphs (`torch.compile(mode="reduce-overhead")`) capture in
 `thread_local` mode: a background thread that queries an event or allocates memory would
 otherwise break a capture it knows nothing about. Use `relaxed` only when you know the
@@ -523,8 +532,9 @@ L_SUMMARY_MD = """\
   Work on a stream **never forked** is outside the capture: refused in `global` and
   `thread_local` mode (`cudaErrorStreamCaptureUnsupported`, then
   `cudaErrorStreamCaptureInvalidated`), run eagerly and left out of the graph in `relaxed`.
-* **Syncs** (`.item()`, `print(t)`, `.cpu()`, `torch.cuda.synchronize()`) are refused in
-  every mode; read results after the replay instead.
+* **Syncs** (`.item()`, `print(t)`, `torch.cuda.synchronize()`) are refused by CUDA and
+  invalidate the capture; **copies to the host** (`.cpu()`, `.tolist()`) are refused by
+  PyTorch. Both in every mode: read results after the replay instead.
 * On a GPU a failed capture **damages the process**: restart it; show failures in a child
   process.
 
@@ -607,8 +617,10 @@ def lesson() -> nbformat.NotebookNode:
         code(L_INSTEAD_CODE, id="l02-instead"),
         md(L_MODES_MD, id="l02-modes-md"),
         code(L_RELAXED_CODE, id="l02-relaxed"),
-        md(L_MODES_TABLE_MD, id="l02-modes-table-md"),
-        code(L_MODES_TABLE_CODE, id="l02-modes-table"),
+        md(L_MODES_TABLE_MD, id="l02-modes-tl-md"),
+        code(L_MODES_TL_CODE, id="l02-modes-tl"),
+        md(L_MODES_RELAXED_MD, id="l02-modes-relaxed-md"),
+        code(L_MODES_ITEM_CODE, id="l02-modes-item"),
         md(L_MODES_AFTER_MD, id="l02-modes-after"),
         md(L_SUMMARY_MD, id="l02-summary"),
     ]

@@ -313,9 +313,11 @@ def _capture_failed(result, ideas: dict, fallback: str) -> None:
         key = cuda_error or ""
     if "non-default stream" in first:
         key = "default-stream"
+    elif "Cannot copy between CPU and CUDA" in first:
+        key = "host-copy"
     elif "same stream it began on" in first:
         key = "end-stream"
-    idea = ideas.get(key)
+    idea = ideas.get(key) or (_HOST_COPY_IDEA if key == "host-copy" else None)
     if idea is None:
         if cuda_error is None and key == "":
             fail(
@@ -347,9 +349,14 @@ def _in_process(trial, *args):
 
 
 _SYNC_IDEA = (
-    "during capture nothing runs, so nothing can be read back on the host: .item(), float(t), "
-    "print(t), .cpu(), .tolist(), `if t:` and torch.cuda.synchronize() are refused and "
+    "during capture nothing runs, so nothing can be read back on the host: syncs such as "
+    ".item(), float(t), print(t), `if t:` and torch.cuda.synchronize() are refused and "
     "invalidate the capture"
+)
+_HOST_COPY_IDEA = (
+    "during capture nothing runs, so nothing can be copied back to the host: PyTorch refuses "
+    ".cpu(), .tolist() and .numpy() of a tensor on the capturing stream. Keep the value on the "
+    "device inside the graph and read it after the replay"
 )
 _UNFORKED_IDEA = (
     "work on a stream that did not wait on the capturing stream is not part of the capture; "
@@ -393,8 +400,8 @@ def check_parallel_block(fn):
     g, out, x, w1, w2 = _in_process(_trial_parallel_block, fn)
     st = graphinfo.structure(g)
     roots, width, join = len(st.roots), st.width, st.max_in_degree
-    seen = f"{len(st.nodes)} nodes, {roots} root(s), width {width}, largest in-degree {join}"
-    ok(width >= 2, "two branches side by side (width 2)", seen + ": one chain",
+    seen = f"{roots} root(s), width {width}, largest in-degree {join}"
+    ok(width >= 2, "two branches side by side (width 2)", seen + ": one chain of nodes",
        "the branches ran one after the other: both were recorded on one stream, or the side stream "
        "was forked after the main branch had started. Fork first: side.wait_stream(torch.cuda.current_stream()), "
        "run one branch inside `with torch.cuda.stream(side):`, then join: "
@@ -517,7 +524,7 @@ def check_monitored_step(fn):
 
     g, out, x, w = _in_process(_trial_monitored_step, fn)
     st = graphinfo.structure(g)
-    seen = f"{len(st.nodes)} nodes, {len(st.roots)} root(s), width {st.width}"
+    seen = f"{len(st.roots)} root(s), width {st.width}"
     ok(st.width >= 2 and len(st.roots) >= 2, "the statistic as a branch parallel to the main work (2 roots, width 2)",
        seen, "keep the statistic on the side stream, forked before the main work starts: the point of "
              "the side stream is that it runs beside the matmul")

@@ -136,6 +136,9 @@ def _is_alias_op(func) -> bool:
         return False
 
 
+_TO_CPU = "a copy to the CPU (.cpu(), .tolist(), .numpy(), .to('cpu'))"
+
+
 class _Watch:
     """What learner code did on the host: syncs, host-to-device copies, eager compute ops, replays."""
 
@@ -174,7 +177,7 @@ def _spy_mode(watch: _Watch, device_type: str):
                 if isinstance(src, torch.Tensor) and dst_dev is not None:
                     dst_type = torch.device(dst_dev).type
                     if src.device.type == device_type and dst_type == "cpu" and device_type != "cpu":
-                        watch.note_sync("a copy to the CPU (.cpu(), .to('cpu'))")
+                        watch.note_sync(_TO_CPU)
                     elif src.device.type == "cpu" and dst_type == device_type and device_type != "cpu":
                         watch.uploads.append("a copy of CPU data to the device")
             if name not in _DATA_MOVEMENT_OPS and name not in _SYNC_OPS and not _is_alias_op(func):
@@ -199,11 +202,11 @@ def _watching(watch: _Watch):
         setattr(owner, name, make(current))
         saved.append((owner, name, old))
 
-    def host_read(name):
+    def host_read(what):
         def make(original):
             def method(self, *args, **kwargs):
                 if isinstance(self, torch.Tensor) and self.device.type == device_type:
-                    watch.note_sync(f"tensor.{name}() (a copy to the CPU)")
+                    watch.note_sync(what)
                 return original(self, *args, **kwargs)
 
             return method
@@ -226,7 +229,9 @@ def _watching(watch: _Watch):
 
     try:
         for name in ("cpu", "tolist", "numpy"):
-            patch(torch.Tensor, name, host_read(name))
+            patch(torch.Tensor, name, host_read(_TO_CPU))
+        for name in ("__repr__", "__format__"):  # print(t), f"{t}": formatting copies to the CPU
+            patch(torch.Tensor, name, host_read("printing a tensor (its values are copied to the CPU)"))
         patch(torch.cuda, "synchronize", sync_fn)
         patch(torch.cuda.CUDAGraph, "replay", replay_fn)
         with _spy_mode(watch, device_type):
@@ -259,9 +264,9 @@ def _refuse_syncs(watch: _Watch, what: str) -> None:
 def _refuse_uploads(watch: _Watch, what: str) -> None:
     ok(not watch.uploads, f"{what} that makes its data on the device",
        "; ".join(dict.fromkeys(watch.uploads)) + " inside the function",
-       "data made on the CPU and copied in during capture is recorded once: every replay sees the same "
-       "bytes (and a copy from pageable host memory is refused during capture). Make it on the device, "
-       "inside the graph, or copy_ it into a static buffer before each replay.")
+       "during capture PyTorch refuses to copy CPU data to the device unless the CPU tensor is pinned "
+       "(RuntimeError), and a pinned copy re-reads the same host buffer on every replay. Make the data on "
+       "the device, inside the graph (torch.randn_like), or copy_ it into a static buffer before each replay.")
 
 
 def _capture(fn, args, what: str, pool=None):

@@ -363,7 +363,7 @@ def _probe_case():
         obj.rows.copy_(torch.ones(8, 4, device=dev))  # new values, same address
         obj.pos += 1  # in place: same address
         obj.table = obj.table.view(2, 4)  # a new Python object over the same memory
-        obj.scratch.resize_(1 << 16)  # the same Python object, grown into new memory: moved
+        obj.scratch.data = torch.zeros(32, device=dev)  # the same Python object over new memory: moved
         obj.length = 4
         obj.name = "request 2"
 
@@ -403,8 +403,8 @@ def check_moved_buffers(fn):
     if "table" in names or ("cache" in names and "scratch" not in names):
         fail("only the buffers whose address changed: cache, scratch", seen,
              "compare addresses (t.data_ptr()), not Python objects (`is`, id()): a view such as "
-             "t.view(2, 4) is a new object over the same memory, and resize_() keeps the object but can "
-             "move it to new memory. The graph only knows addresses")
+             "t.view(2, 4) is a new object over the same memory, and `t.data = new` keeps the object but "
+             "moves it to new memory. The graph only knows addresses")
     if {"length", "name"} & names:
         fail("only tensor attributes", seen,
              "a graph bakes device addresses; plain Python values are not buffers it reads "

@@ -53,7 +53,7 @@ __all__ = [
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)  # the lesson's buckets: powers of two up to 32
 MIN_SPEEDUP = 1.2  # the runner at batch 5 vs the eager model (the lesson's runner: about 3x)
 RTOL, ATOL = 1e-4, 1e-5
-_SLOTS = 129  # the probe's counters: one per row count up to 127, the last for anything above
+_SLOTS = 128  # the probe's counters: one per row count up to 126, the last for anything above
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def _make_probe(width: int, out_width: int, seed: int):
             super().__init__()
             gen = torch.Generator().manual_seed(seed)
             self.net = torch.nn.Sequential(
-                _linear(width, 64, gen), torch.nn.ReLU(), _linear(64, out_width, gen),
+                _linear(width, width, gen), torch.nn.ReLU(), _linear(width, out_width, gen),
             ).to(_device()).eval().requires_grad_(False)
             self.runs = torch.zeros(_SLOTS, device=_device())
             self.log: list = []  # (rows, inside a capture)
@@ -295,7 +295,7 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
     import torch
 
     device = _device()
-    width, out_width = 48, 24
+    width, out_width = 128, 256  # the output is wider than the input: take its width from the model
     probe = _make_probe(width, out_width, seed)
     expected_order = sorted(set(buckets), reverse=True)
     largest = expected_order[0]

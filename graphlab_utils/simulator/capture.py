@@ -89,14 +89,6 @@ def _unbind(value):
     return value
 
 
-def _refs(value):
-    if isinstance(value, TensorRef):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _refs(v)
-
-
 @dataclass
 class Node:
     index: int
@@ -113,11 +105,6 @@ class Node:
     def name(self) -> str:
         return str(self.func).replace("aten.", "").replace(".default", "")
 
-    def topology_key(self):
-        """What must match for cudaGraphExecUpdate: node kind, kernel (op and shapes), edges."""
-        shapes = tuple(r.signature() for r in _refs((self.args, tuple(self.kwargs.values()))))
-        return (self.kind, self.name, shapes, tuple(self.deps))
-
     def run(self) -> None:
         result = self.func(*_unbind(self.args), **{k: _unbind(v) for k, v in self.kwargs.items()})
         if self.mutating:
@@ -128,13 +115,16 @@ class Node:
                 ref.tensor().copy_(value)
 
 
-def critical_path_us(nodes: list[Node]) -> float:
+def schedule(nodes: list[Node]) -> tuple[float, list]:
+    """Each node starts when its dependencies finish: (critical path, [(name, start, end)])."""
     m = cost_model()
     finish: dict[int, float] = {}
+    spans = []
     for n in nodes:
         start = max((finish[d] for d in n.deps if d in finish), default=0.0)
         finish[n.index] = start + m.replay_node_us(n.kernel_us)
-    return max(finish.values(), default=0.0)
+        spans.append((n.name, start, finish[n.index]))
+    return max(finish.values(), default=0.0), spans
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,9 +242,16 @@ class SimGraphExec:
 
     def __init__(self, template: SimGraphTemplate):
         self.nodes = [Node(**{**n.__dict__}) for n in template.nodes]
-        self.path_us = critical_path_us(self.nodes)
+        self.path_us, self.spans = schedule(self.nodes)
         self.handle = 0x7E0000000000 + next(_graph_ids) * 0x100
         HANDLES[self.handle] = self
+
+    def adopt_parameters(self, template: SimGraphTemplate) -> None:
+        """cudaGraphExecUpdate: every node takes the other graph's kernel and arguments."""
+        for mine, theirs in zip(self.nodes, template.nodes):
+            for name in ("func", "args", "kwargs", "outputs", "mutating", "kernel_us"):
+                setattr(mine, name, getattr(theirs, name))
+        self.path_us, self.spans = schedule(self.nodes)
 
     def run(self) -> None:
         with _disable_current_modes():
@@ -347,7 +344,7 @@ class CUDAGraph:
         if s.capture is not None:
             raise RuntimeError("[graphlab simulator] replaying a graph inside another capture (a child graph) is not simulated.")
         self._exec.run()
-        CLOCK.launch_graph(s.stream_id, self._exec.path_us)
+        CLOCK.launch_graph(s.stream_id, self._exec.path_us, self._exec.spans)
 
     def reset(self) -> None:
         self._template = self._exec = None

@@ -142,7 +142,11 @@ def cudaGraphDebugDotPrint(graph, path, flags: int = 0):
 
 
 def cudaGraphExecUpdate(hGraphExec, hGraph):
-    """Give an instantiated graph the arguments (addresses) of another graph of the same topology."""
+    """Give an instantiated graph the nodes' parameters of another graph of the same topology.
+
+    As in CUDA: node count, node types and edges must match; a kernel node may change its
+    parameters (addresses, scalars), its launch shape and its kernel.
+    """
     exe = _lookup(hGraphExec, SimGraphExec)
     g = _lookup(hGraph, SimGraphTemplate)
     if exe is None or g is None:
@@ -153,20 +157,16 @@ def cudaGraphExecUpdate(hGraphExec, hGraph):
         failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorTopologyChanged
     else:
         for old, new in zip(exe.nodes, g.nodes):
-            ok, ak = old.topology_key(), new.topology_key()
-            if ok[0] != ak[0]:
+            if old.kind != new.kind:
                 failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorNodeTypeChanged
-            elif ok[3] != ak[3]:
+            elif sorted(old.deps) != sorted(new.deps):
                 failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorTopologyChanged
-            elif ok[1:3] != ak[1:3]:
-                failure = cudaGraphExecUpdateResult.cudaGraphExecUpdateErrorFunctionChanged
             if failure is not None:
                 break
     if failure is not None:
         # cuda-python returns None in place of the result info when the call fails.
         return (cudaError_t.cudaErrorGraphExecUpdateFailure, None)
-    for old, new in zip(exe.nodes, g.nodes):
-        old.args, old.kwargs, old.outputs = new.args, new.kwargs, new.outputs
+    exe.adopt_parameters(g)
     return (cudaError_t.cudaSuccess, cudaGraphExecUpdateResultInfo(cudaGraphExecUpdateResult.cudaGraphExecUpdateSuccess))
 
 

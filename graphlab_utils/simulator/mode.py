@@ -171,7 +171,7 @@ class SimMode(TorchDispatchMode):
             flat = [ALLOCATOR.adopt(t, ALLOCATOR.default) if isinstance(t, torch.Tensor) else t for t in flat]
             out = spec.unflatten(flat) if hasattr(spec, "unflatten") else torch.utils._pytree.tree_unflatten(flat, spec)
         if func not in _ALLOCATION_OPS and _is_kernel(func):
-            CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), _eager_host_us(func))
+            CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), _eager_host_us(func), _op_name(func))
         else:
             CLOCK.host_work(cost_model().eager_view_us)
         return out

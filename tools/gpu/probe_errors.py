@@ -56,6 +56,33 @@ def main(path: str) -> None:
     st = graphinfo.structure(g)
     report["fork_join_structure"] = {"nodes": len(st.nodes), "edges": st.edges, "kinds": dict(st.kinds), "width": st.width}
     print("fork/join structure:", report["fork_join_structure"])
+    # cudaGraphExecUpdate when a kernel node changes its kernel, its shape, or a baked scalar.
+    from graphlab_utils import cudart
+
+    rt = cudart.runtime()
+
+    def capture(fn):
+        gg = torch.cuda.CUDAGraph(keep_graph=True)
+        with torch.cuda.graph(gg):
+            out = fn()
+        return gg, out
+
+    a = torch.randn(1024, device=session.device)
+    b = torch.randn(2048, device=session.device)
+    base, _ = capture(lambda: a + 1)
+    base.instantiate()
+    updates = {}
+    for name, fn in {"other_kernel": lambda: a * 2, "other_shape": lambda: b + 1, "other_scalar": lambda: a + 5}.items():
+        other, out = capture(fn)
+        err, info = rt.cudaGraphExecUpdate(base.raw_cuda_graph_exec(), other.raw_cuda_graph())
+        ok = None
+        if err == rt.cudaError_t.cudaSuccess:
+            base.replay()
+            torch.cuda.synchronize()
+            ok = bool(torch.allclose(out, fn()))
+        updates[name] = {"error": err.name, "result_used": ok}
+        print(f"exec update with {name:14s} {err.name} result used: {ok}")
+    report["exec_update_changes"] = updates
     with open(path, "w") as fh:
         json.dump(report, fh, indent=1)
 
