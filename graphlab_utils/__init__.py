@@ -17,3 +17,17 @@ from .errors import GraphlabError
 
 __all__ = ["BackendError", "GraphlabError", "Session", "setup"]
 __version__ = "0.1.0"
+
+# `gl.timing`, `gl.cudart`, ... work after a bare `import graphlab_utils as gl`, imported on first use.
+_SUBMODULES = {
+    "checks", "conformance", "costmodel", "cudart", "graphinfo", "isolation", "models",
+    "profiling", "simulator", "timing", "viz", "workloads",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'graphlab_utils' has no attribute {name!r}")

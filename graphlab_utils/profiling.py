@@ -463,6 +463,7 @@ HOST_COLOURS = {
     "sync": "#9D9D9D",
     "runtime": "#CFCFCF",
 }
+LAUNCH_SHADE = "#FFBF79"  # every other cudaLaunchKernel, so that back-to-back calls show apart
 DEVICE_COLOURS = ("#4C78A8", "#72B7B2")  # alternate, so that neighbouring kernels show apart
 COPY_COLOUR = "#54A24B"
 
@@ -491,7 +492,11 @@ def plot_timeline(trace: Trace, ax: Any = None, title: str | None = None, xlim: 
                            facecolors=colour, edgecolors=colour, linewidth=0.4)
 
     for kind, colour in HOST_COLOURS.items():
-        bars((s for s in trace.host if s.kind == kind), colour, y_of[HOST_LANE])
+        spans = [s for s in trace.host if s.kind == kind]
+        if kind == "kernel launch":  # back-to-back launches: alternate two shades
+            bars(spans[1::2], LAUNCH_SHADE, y_of[HOST_LANE])
+            spans = spans[0::2]
+        bars(spans, colour, y_of[HOST_LANE])
     for lane in trace.lanes:
         kernels = [s for s in trace.device if s.lane == lane and s.kind == "kernel"]
         for i, colour in enumerate(DEVICE_COLOURS):
@@ -523,7 +528,8 @@ def plot_timeline(trace: Trace, ax: Any = None, title: str | None = None, xlim: 
         if any(s.kind != "kernel" for s in trace.device):
             handles.append(Patch(facecolor=COPY_COLOUR, label="copy / memset"))
         if handles:
-            ax.legend(handles=handles, fontsize=7, loc="upper right", ncol=len(handles), frameon=False)
+            ax.legend(handles=handles, fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0),
+                      ncol=len(handles), frameon=False, borderaxespad=0.1)
     return ax
 
 
@@ -536,9 +542,11 @@ def plot_timelines(traces: Mapping[str, Trace], sharex: bool = True, xlim: tuple
     heights = [1.0 + 0.45 * (1 + len(traces[n].lanes)) for n in names]
     fig, axes = plt.subplots(len(names), 1, figsize=(width, sum(heights)), sharex=sharex,
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    for ax, name in zip(axes[:, 0], names):
+    for i, (ax, name) in enumerate(zip(axes[:, 0], names)):
         t = traces[name]
         plot_timeline(t, ax, title=f"{name}: {t.counts()}", xlim=xlim)
+        if sharex and i < len(names) - 1:
+            ax.set_xlabel("")
     if xlim is None and sharex:
         end = max((s.end_us for n in names for s in traces[n].host + traces[n].device), default=1.0)
         axes[0, 0].set_xlim(0, end * 1.02)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import graphlab_utils
 from graphlab_utils.checks import lesson02 as L
@@ -46,8 +47,11 @@ def block_reference_answer(x, w1, w2, side):
     return x + a * b
 
 
+GATE_SCALE = 1.0
+
+
 def branch_b(x, w):
-    return torch.sigmoid(x @ w)
+    return torch.sigmoid(x @ w) * GATE_SCALE
 
 
 def block_with_events(x, w1, w2, side):
@@ -56,7 +60,7 @@ def block_with_events(x, w1, w2, side):
     forked.record()
     side.wait_event(forked)
     with torch.cuda.stream(side):
-        a = (x @ w1).clamp(min=0)
+        a = F.relu(x @ w1)
         done = torch.cuda.Event()
         done.record(side)
     b = branch_b(x, w2)
@@ -277,6 +281,7 @@ def test_monitored_step_hints():
 def test_child_code_ships_helpers_and_refuses_tensors():
     code = L._child_code("parallel_block", block_with_events)
     assert "def branch_b" in code and "def block_with_events" in code
+    assert "import torch.nn.functional as F" in code and "GATE_SCALE = 1.0" in code
     global _a_tensor
     _a_tensor = torch.ones(2)
 
@@ -285,6 +290,28 @@ def test_child_code_ships_helpers_and_refuses_tensors():
 
     with pytest.raises(L._NotShippable):
         L._child_code("parallel_block", reads_tensor)  # a closure-free function reading a tensor
+
+
+_SIDE_SCALE = None
+
+
+def block_unjoined_unshippable(x, w1, w2, side):
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        b = torch.sigmoid(x @ w2) * _SIDE_SCALE  # reads a tensor global: checked in-process
+    return x + torch.relu(x @ w1) * b
+
+
+def test_unshippable_answer_is_checked_in_process_with_a_restart_hint():
+    from graphlab_utils.simulator import capture as sim_capture
+
+    global _SIDE_SCALE
+    _SIDE_SCALE = torch.ones(1)
+    try:
+        result = L.check_parallel_block(block_unjoined_unshippable, quiet=True)
+        assert fails_with(result, "cudaErrorStreamCaptureUnjoined", "wait_stream(side)", "restart the kernel")
+    finally:
+        sim_capture._rng["poisoned"] = False  # the failed capture poisoned this process's RNG, as on a GPU
 
 
 # ---------------------------------------------------------------------------------------

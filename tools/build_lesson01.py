@@ -216,9 +216,9 @@ print("runs after instantiate:", int(runs.item()))"""
 L_REPLAY_MD = """\
 ### Phase 3: launch (replay)
 
-One call launches all `N_KERNELS` kernels. (The first launch of a new executable graph also
-uploads it to the GPU, so the next cell is the first replay's time; below we also take the
-median of many.)
+One call launches all `N_KERNELS` kernels. (The first launch of an executable graph can cost
+more than later ones: unless the graph was uploaded beforehand, CUDA uploads its work to the
+GPU then. The next cell times this first replay; below we also take the median of many.)
 """
 
 L_REPLAY_CODE = """\
@@ -287,8 +287,8 @@ Reading the figures:
 
 * **capture** costs about as much host time as an eager pass: PyTorch runs the same Python
   and dispatcher code for every op and only records the launch instead of making it; on
-  entry `torch.cuda.graph` also synchronises the device, collects garbage and empties the
-  allocator's cache.
+  entry `torch.cuda.graph` also synchronises the device and empties the allocator's cache
+  (older PyTorch versions also ran Python's garbage collector there).
 * **instantiate** is CUDA's own one-off work, per node.
 * **replay** is one call, and the GPU runs the nodes back to back.
 

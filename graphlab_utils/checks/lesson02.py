@@ -300,26 +300,28 @@ def _error_text(error_type, cuda_error, first_line, cause=None) -> str:
     return text
 
 
+def _idea_key(cuda_error, first: str, cause: dict) -> str:
+    if "non-default stream" in first:
+        return "default-stream"
+    if "Cannot copy between CPU and CUDA" in first:
+        return "host-copy"
+    if "same stream it began on" in first:
+        return "end-stream"
+    if cuda_error == "cudaErrorStreamCaptureInvalidated" and cause.get("cuda_error"):
+        return cause["cuda_error"]
+    return cuda_error or ""
+
+
 def _capture_failed(result, ideas: dict, fallback: str) -> None:
     """Turn a failed child run into a hint (or re-raise the learner's own Python error)."""
     if result.error_type == "NotImplementedError":
         raise NotImplementedError
-    cuda_error = result.cuda_error
     first = result.first_line or ""
     cause = result.cause or {}
-    if cuda_error == "cudaErrorStreamCaptureInvalidated" and cause.get("cuda_error"):
-        key = cause["cuda_error"]
-    else:
-        key = cuda_error or ""
-    if "non-default stream" in first:
-        key = "default-stream"
-    elif "Cannot copy between CPU and CUDA" in first:
-        key = "host-copy"
-    elif "same stream it began on" in first:
-        key = "end-stream"
+    key = _idea_key(result.cuda_error, first, cause)
     idea = ideas.get(key) or (_HOST_COPY_IDEA if key == "host-copy" else None)
     if idea is None:
-        if cuda_error is None and key == "":
+        if key == "":
             fail(
                 "code that runs to the end when it is captured",
                 f"{result.error_type}: {first}",
@@ -327,25 +329,36 @@ def _capture_failed(result, ideas: dict, fallback: str) -> None:
                 "where only torch, DEVICE, gl and what your function uses are defined)",
             )
         idea = fallback
-    fail("a capture that succeeds", _error_text(result.error_type, cuda_error, first, cause), idea)
+    fail("a capture that succeeds", _error_text(result.error_type, result.cuda_error, first, cause), idea)
 
 
-def _in_process(trial, *args):
-    """Run a trial in this process; a capture error becomes a hint that says to restart."""
+def _in_process(trial, fn, ideas: dict, fallback: str):
+    """Run a trial in this process; a capture error becomes a hint that also says to restart."""
     from graphlab_utils.simulator.errors import error_name_in
 
     try:
-        return trial(*args)
+        return trial(fn)
     except NotImplementedError:
         raise
     except Exception as exc:  # noqa: BLE001 - the learner's capture may fail in any way
         name = error_name_in(str(exc))
         first = str(exc).splitlines()[0] if str(exc) else ""
-        if name or "stream" in first:
-            fail("a capture that succeeds",
-                 _error_text(type(exc).__name__, name, first),
-                 "the capture failed in this process." + RESTART)
-        raise
+        context = exc.__context__
+        cause = {"cuda_error": error_name_in(str(context))} if context is not None else {}
+        key = _idea_key(name, first, cause)
+        if key == "":
+            raise
+        idea = ideas.get(key) or (_HOST_COPY_IDEA if key == "host-copy" else fallback)
+        fail("a capture that succeeds", _error_text(type(exc).__name__, name, first, cause),
+             idea + "." + RESTART)
+
+
+def _try_capture(kind: str, fn, ideas: dict, fallback: str):
+    """The learner's capture: first in a child process, then, if it succeeded there, here."""
+    result = _preflight(kind, fn)
+    if result is not None and not result.ok:
+        _capture_failed(result, ideas, fallback)
+    return _in_process(_TRIALS[kind], fn, ideas, fallback)
 
 
 _SYNC_IDEA = (
@@ -390,14 +403,10 @@ def check_parallel_block(fn):
        "x + relu(x @ w1) * sigmoid(x @ w2), run eagerly", _describe(eager) if not isinstance(eager, torch.Tensor)
        else "different values", "fork/join changes where the work runs, not what it computes: keep the sequential math")
 
-    result = _preflight("parallel_block", fn)
-    if result is not None and not result.ok:
-        _capture_failed(result, {
-            "cudaErrorStreamCaptureUnjoined": _UNJOINED_IDEA,
-            "cudaErrorStreamCaptureUnsupported": _UNFORKED_IDEA + "; and keep syncs out: " + _SYNC_IDEA,
-        }, _UNFORKED_IDEA)
-
-    g, out, x, w1, w2 = _in_process(_trial_parallel_block, fn)
+    g, out, x, w1, w2 = _try_capture("parallel_block", fn, {
+        "cudaErrorStreamCaptureUnjoined": _UNJOINED_IDEA,
+        "cudaErrorStreamCaptureUnsupported": _UNFORKED_IDEA + "; and keep syncs out: " + _SYNC_IDEA,
+    }, _UNFORKED_IDEA)
     st = graphinfo.structure(g)
     roots, width, join = len(st.roots), st.width, st.max_in_degree
     seen = f"{roots} root(s), width {width}, largest in-degree {join}"
@@ -430,18 +439,14 @@ def check_capture_helper(capture):
     import torch
 
     ok(callable(capture), "a function capture(graph, fn)", _describe(capture), "pass the function itself")
-    result = _preflight("capture_helper", capture)
-    if result is not None and not result.ok:
-        _capture_failed(result, {
-            "default-stream": "capture_begin() ran on the default stream, which cannot be captured: "
-                              "switch to a side stream first (`with torch.cuda.stream(s):`), "
-                              "or let `with torch.cuda.graph(graph):` do it for you",
-            "end-stream": "capture_end() must run on the stream capture_begin() ran on: keep both "
-                          "inside the same `with torch.cuda.stream(s):` block",
-            "cudaErrorStreamCaptureUnsupported": _SYNC_IDEA,
-        }, "keep the capture on one side stream, from capture_begin() to capture_end()")
-
-    g, out, static_x, work, same_stream = _in_process(_trial_capture_helper, capture)
+    g, out, static_x, work, same_stream = _try_capture("capture_helper", capture, {
+        "default-stream": "capture_begin() ran on the default stream, which cannot be captured: "
+                          "switch to a side stream first (`with torch.cuda.stream(s):`), "
+                          "or let `with torch.cuda.graph(graph):` do it for you",
+        "end-stream": "capture_end() must run on the stream capture_begin() ran on: keep both "
+                      "inside the same `with torch.cuda.stream(s):` block",
+        "cudaErrorStreamCaptureUnsupported": _SYNC_IDEA,
+    }, "keep the capture on one side stream, from capture_begin() to capture_end()")
     ok(same_stream, "the caller's stream current again when the helper returns",
        "another stream left current", "leave the `with torch.cuda.stream(s):` block before returning")
     ok(isinstance(out, torch.Tensor), "the output of fn() recorded in the graph", _describe(out),
@@ -474,13 +479,10 @@ def check_sampling_probs(fn):
        _describe(eager) if not isinstance(eager, torch.Tensor) or eager.shape != logits.shape else "different values",
        "divide the logits by the temperature, then softmax over the last dimension")
 
-    result = _preflight("sampling_probs", fn)
-    if result is not None and not result.ok:
-        _capture_failed(result, {"cudaErrorStreamCaptureUnsupported": _SYNC_IDEA + (
-            ". Divide by the temperature tensor itself: logits / temperature broadcasts on the device")},
-            _SYNC_IDEA)
-
-    g, probs, logits, temperature = _in_process(_trial_sampling_probs, fn)
+    g, probs, logits, temperature = _try_capture("sampling_probs", fn, {
+        "cudaErrorStreamCaptureUnsupported": _SYNC_IDEA + (
+            ". Divide by the temperature tensor itself: logits / temperature broadcasts on the device"),
+    }, _SYNC_IDEA)
     for t, seed in ((1.6, 11), (0.35, 12)):
         gen = torch.Generator().manual_seed(seed)
         logits.copy_(torch.randn(logits.shape, generator=gen).to(logits.device))
@@ -515,14 +517,10 @@ def check_monitored_step(fn):
     ok(_close(eager[0], h_ref) and _close(eager[1], s_ref), "(relu(x @ w), x.pow(2).mean(dim=-1)), run eagerly",
        "different values", "keep the step's math as it was; only the streams change")
 
-    result = _preflight("monitored_step", fn)
-    if result is not None and not result.ok:
-        _capture_failed(result, {
-            "cudaErrorStreamCaptureUnjoined": _UNJOINED_IDEA,
-            "cudaErrorStreamCaptureUnsupported": _UNFORKED_IDEA,
-        }, _UNJOINED_IDEA)
-
-    g, out, x, w = _in_process(_trial_monitored_step, fn)
+    g, out, x, w = _try_capture("monitored_step", fn, {
+        "cudaErrorStreamCaptureUnjoined": _UNJOINED_IDEA,
+        "cudaErrorStreamCaptureUnsupported": _UNFORKED_IDEA,
+    }, _UNJOINED_IDEA)
     st = graphinfo.structure(g)
     seen = f"{len(st.roots)} root(s), width {st.width}"
     ok(st.width >= 2 and len(st.roots) >= 2, "the statistic as a branch parallel to the main work (2 roots, width 2)",

@@ -76,7 +76,8 @@ class Pool:
         i = bisect.bisect_left(self.sizes, need)
         while i < len(self.sizes) and self.sizes[i] < 2 * need:
             for block in self.by_size[self.sizes[i]]:
-                if not block.in_use():
+                # the storage itself must be large enough: set_() would grow (and move) it
+                if block.storage.nbytes() >= nbytes and not block.in_use():
                     return block
             i += 1
         return None
@@ -112,7 +113,8 @@ class Allocator:
         self.private: dict[tuple, Pool] = {}
         self._next_id = itertools.count(1)
         self.peak_allocated = 0
-        self.block_of: dict[int, Block] = {}  # storage address -> block, for address look-ups
+        # StorageImpl (storage._cdata) -> block: stable even if a storage is resized and moves
+        self.block_of: dict[int, Block] = {}
 
     # -- pools ------------------------------------------------------------------------
     def new_pool_handle(self) -> tuple:
@@ -137,7 +139,7 @@ class Allocator:
         if t.layout != torch.strided or t.is_quantized:
             return t
         storage = t.untyped_storage()
-        if storage.nbytes() == 0 or storage.data_ptr() in self.block_of and self.block_of[storage.data_ptr()].storage._cdata == storage._cdata:
+        if storage.nbytes() == 0 or storage._cdata in self.block_of:
             return t
         block = pool.find_free(storage.nbytes())
         if block is not None:
@@ -146,7 +148,7 @@ class Allocator:
             return out
         block = Block(storage, pool)
         pool.add(block)
-        self.block_of[block.address] = block
+        self.block_of[storage._cdata] = block
         if not pool.private:
             self._trim_default()
         return t
@@ -161,7 +163,7 @@ class Allocator:
             torch.empty(0, dtype=torch.uint8).set_(storage).zero_()  # fresh device pages read as zeros
             block = Block(storage, pool)
             pool.add(block)
-            self.block_of[block.address] = block
+            self.block_of[storage._cdata] = block
         return block.view(dtype, size, stride, 0)
 
     def register(self, t: torch.Tensor) -> Block | None:
@@ -170,15 +172,12 @@ class Allocator:
             return None
         block = Block(t.untyped_storage(), self.default)
         self.default.add(block)
-        self.block_of[block.address] = block
+        self.block_of[block.storage._cdata] = block
         return block
 
     def block_for(self, t: torch.Tensor) -> Block | None:
         storage = t.untyped_storage()
-        block = self.block_of.get(storage.data_ptr())
-        if block is not None and block.storage._cdata == storage._cdata:
-            return block
-        return None
+        return self.block_of.get(storage._cdata)
 
     def _trim_default(self) -> None:
         free = self.default.reserved_bytes() - self.default.allocated_bytes() if len(self.block_of) % 256 == 0 else 0

@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .capture import active_captures, check_rng, refuse_malloc, refuse_sync
+from .capture import active_captures, check_rng, refuse_host_copy, refuse_malloc, refuse_sync
 from .clock import CLOCK, cost_model
 from .memory import ALLOCATOR
 from .streams import current_stream
@@ -32,6 +32,9 @@ _SYNC_OPS = {
     aten.unique_dim.default,
     aten.repeat_interleave.Tensor,
 }
+# Ops through which Python data (a list, a NumPy array) becomes a tensor: on a GPU a copy
+# from pageable host memory, which PyTorch refuses on a capturing stream.
+_HOST_DATA_OPS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
 _ALLOCATION_OPS = {
     aten.empty.memory_format,
     aten.empty_strided.default,
@@ -123,6 +126,11 @@ def _is_kernel(func) -> bool:
 
 
 _ALIAS: dict = {}
+
+
+def _is_inplace_view(func) -> bool:
+    """squeeze_, unsqueeze_, t_, transpose_, as_strided_: they change a tensor's shape, not its bytes."""
+    return torch.Tag.inplace_view in func.tags
 _HOST_US: dict = {}
 
 
@@ -146,10 +154,12 @@ class SimMode(TorchDispatchMode):
         stream = current_stream()
         capture = stream.capture
 
+        if capture is not None and func in _HOST_DATA_OPS:
+            refuse_host_copy()  # torch.tensor(data, device=...) copies host memory to the device
         if _is_sync(func, args):
             refuse_sync(stream, f"{_op_name(func)} (a host sync, e.g. .item())")
             CLOCK.sync_stream(stream.stream_id)
-        if _is_alias_op(func):  # views and aliases: metadata only, no kernel on a GPU
+        if _is_alias_op(func) or _is_inplace_view(func):  # metadata only, no kernel on a GPU
             CLOCK.host_work(cost_model().eager_view_us)
             return func(*args, **kwargs)
         if capture is not None:
