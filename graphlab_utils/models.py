@@ -26,14 +26,16 @@ The pieces, in the order a request meets them:
   a device tensor, so a captured step stays right for every step and every request.
 * :func:`denoise_step_baked`: the same step written with Python floats (the timestep and the
   two coefficients): correct eagerly, frozen at the warm-up's step once captured.
-* :func:`sample`: the eager reference sampler; :func:`make_request` and
-  :func:`null_context`: deterministic latents and prompt embeddings.
-* :class:`StepGraph` (one graph per denoising step, replayed ``steps`` times) and
-  :class:`LoopGraph` (the whole loop in one graph): graphed samplers with static buffers, fed
-  by ``copy_``; :class:`Signature` and :class:`DiffusionGraphRunner`, an SGLang-style runner
-  keyed by (batch, resolution, guidance, dtype) with an eager fallback, a miss counter and
-  an LRU bound on the number of graphs.
-* :func:`relative_error`: ``max |a - b| / max |b|``, the course's measure of "equal to eager".
+* :func:`sample`: the eager reference sampler; :func:`make_request`, :func:`null_context`
+  and :func:`guidance_context`: deterministic latents and prompt embeddings.
+* :class:`StaticBuffers`, :class:`StepGraph` (one graph of one denoising step, replayed
+  once per step) and :class:`LoopGraph` (the whole loop in one graph): graphed samplers that
+  read static buffers, fed by ``copy_``; :class:`Signature`: what a graph is specialised for
+  (batch, resolution, guidance on/off, dtype), the key of a graph runner.
+* :func:`compiled_step`, :class:`CompiledSampler`: the ``torch.compile`` variants (a real
+  GPU only; :data:`COMPILE_SKIPPED` says so on the simulator).
+* :func:`relative_error`: ``max |a - b| / max |b|``, the course's measure of "equal to eager";
+  :func:`count_ops`: the aten ops of one call.
 """
 from __future__ import annotations
 
@@ -61,13 +63,18 @@ __all__ = [
     "guidance_context",
     "sample",
     "sample_baked",
+    "side_stream_warm_up",
+    "StaticBuffers",
     "StepGraph",
     "LoopGraph",
+    "COMPILE_SKIPPED",
+    "compile_available",
+    "compiled_step",
+    "CompiledSampler",
     "Signature",
-    "DiffusionGraphRunner",
+    "signature_of",
     "relative_error",
     "count_ops",
-    "side_stream_warm_up",
 ]
 
 MODEL_SEED = 1234  # the weights
@@ -91,6 +98,7 @@ class UNetConfig:
     context_dim: int = 64  # width of a prompt-embedding token
     heads: int = 4
     groups: int = 8  # group norm groups
+    attn_levels: tuple = (1, 2)  # levels with an attention block, on the way down and up
     size: int = 32  # latent height = width
     steps: int = 50  # denoising steps per image
     name: str = "gpu"
@@ -204,6 +212,8 @@ class TinyUNet(nn.Module):
         widths = [c * m for m in config.mults]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
+        self.attn_down = nn.ModuleDict()
+        self.attn_up = nn.ModuleDict()
         skips = [c]
         now = c
         for level, w in enumerate(widths):
@@ -213,10 +223,11 @@ class TinyUNet(nn.Module):
                 now = w
                 skips.append(now)
             self.down.append(blocks)
+            if level in config.attn_levels:
+                self.attn_down[str(level)] = AttentionBlock(now, config.context_dim, config.heads, g)
             if level < len(widths) - 1:
                 self.downsample.append(nn.Conv2d(now, now, 3, stride=2, padding=1))
                 skips.append(now)
-        self.attn_down = AttentionBlock(now, config.context_dim, config.heads, g)
         self.mid1 = ResBlock(now, now, temb_dim, g)
         self.mid_attn = AttentionBlock(now, config.context_dim, config.heads, g)
         self.mid2 = ResBlock(now, now, temb_dim, g)
@@ -229,9 +240,10 @@ class TinyUNet(nn.Module):
                 blocks.append(ResBlock(now + skips.pop(), w, temb_dim, g))
                 now = w
             self.up.append(blocks)
+            if level in config.attn_levels:
+                self.attn_up[str(level)] = AttentionBlock(now, config.context_dim, config.heads, g)
             if level > 0:
                 self.upsample.append(nn.Conv2d(now, now, 3, padding=1))
-        self.attn_up = AttentionBlock(widths[-1], config.context_dim, config.heads, g)
         self.norm_out = nn.GroupNorm(g, now)
         self.conv_out = nn.Conv2d(now, config.latent_channels, 3, padding=1)
 
@@ -245,16 +257,19 @@ class TinyUNet(nn.Module):
             for block in blocks:
                 h = block(h, temb)
                 hs.append(h)
+            if str(level) in self.attn_down:
+                h = self.attn_down[str(level)](h, context)
+                hs[-1] = h
             if level < len(self.downsample):
                 h = self.downsample[level](h)
                 hs.append(h)
-        h = self.attn_down(h, context)
         h = self.mid2(self.mid_attn(self.mid1(h, temb), context), temb)
+        levels = len(self.up)
         for i, blocks in enumerate(self.up):
             for block in blocks:
                 h = block(torch.cat([h, hs.pop()], dim=1), temb)
-            if i == 0:
-                h = self.attn_up(h, context)
+            if str(levels - 1 - i) in self.attn_up:
+                h = self.attn_up[str(levels - 1 - i)](h, context)
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
@@ -293,9 +308,10 @@ class DDIMSchedule:
     ``coef_eps = sqrt(1 - a_prev) - sqrt(a_prev) * sqrt(1 - a) / sqrt(a)``, where
     ``a = alphas_cumprod[timesteps[i]]`` and ``a_prev`` the same one step later (1 after the
     last step). Tables: ``alphas_cumprod`` (TRAIN_STEPS,), ``timesteps``, ``coef_x``,
-    ``coef_eps`` (steps,) float32 on ``device``; ``step_index[i]`` is a (1,) int64 view that
-    a captured loop can index with. ``timesteps_host``, ``coef_x_host``, ``coef_eps_host``:
-    the same numbers as Python floats (for the lesson's trap only).
+    ``coef_eps`` (steps,) float32 on ``device``; ``step_tensors[i]``: a (1,) int64 device
+    tensor holding ``i``, for loops that index the tables with a tensor. ``timesteps_host``,
+    ``coef_x_host``, ``coef_eps_host``: the same numbers as Python floats (for the lesson's
+    trap only).
     """
 
     def __init__(self, steps: int, device: Any = "cpu", train_steps: int = TRAIN_STEPS):
@@ -317,7 +333,7 @@ class DDIMSchedule:
         self.timesteps = torch.tensor(self.timesteps_host, dtype=torch.float32).to(device)
         self.coef_x = coef_x.float().to(device)
         self.coef_eps = coef_eps.float().to(device)
-        self.step_index = torch.arange(steps, dtype=torch.int64).view(steps, 1).to(device)
+        self.step_tensors = [torch.full((1,), i, dtype=torch.int64).to(device) for i in range(steps)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,22 +386,25 @@ def make_request(seed: int, batch: int = 1, config: UNetConfig = GPU_CONFIG, dev
     return latents.to(device=device, dtype=dtype), prompt.to(device=device, dtype=dtype)
 
 
-def null_context(batch: int = 1, config: UNetConfig = GPU_CONFIG, device: Any = "cpu", dtype: torch.dtype = torch.float32):
-    """The unconditional ("empty prompt") embedding, repeated for a batch: (batch, L, D)."""
-    gen = torch.Generator().manual_seed(NULL_SEED)
-    one = torch.randn(1, config.context_len, config.context_dim, generator=gen)
-    return one.expand(batch, -1, -1).contiguous().to(device=device, dtype=dtype)
+_NULL: dict = {}
 
 
-def guidance_context(prompt: torch.Tensor, config: UNetConfig | None = None) -> torch.Tensor:
+def null_context(like: torch.Tensor) -> torch.Tensor:
+    """The unconditional ("empty prompt") embedding for a batch of prompts ``like`` (B, L, D).
+
+    Drawn once per shape from a fixed seed, on the CPU, then moved: the same on every backend.
+    """
+    b, length, dim = like.shape
+    key = (length, dim)
+    if key not in _NULL:
+        gen = torch.Generator().manual_seed(NULL_SEED)
+        _NULL[key] = torch.randn(1, length, dim, generator=gen)
+    return _NULL[key].expand(b, -1, -1).to(device=like.device, dtype=like.dtype)
+
+
+def guidance_context(prompt: torch.Tensor) -> torch.Tensor:
     """(2B, L, D): the unconditional embeddings, then the prompt's: the batch guidance runs on."""
-    cfg = config or _config_of_context(prompt)
-    uncond = null_context(prompt.shape[0], cfg, prompt.device, prompt.dtype)
-    return torch.cat([uncond, prompt])
-
-
-def _config_of_context(prompt: torch.Tensor) -> UNetConfig:
-    return UNetConfig(context_len=prompt.shape[1], context_dim=prompt.shape[2])
+    return torch.cat([null_context(prompt), prompt])
 
 
 def _guidance_tensor(guidance, device, dtype=torch.float32):
@@ -399,18 +418,18 @@ def _guidance_tensor(guidance, device, dtype=torch.float32):
 def sample(unet, sched: DDIMSchedule, latents, prompt, guidance: float | None = GUIDANCE):
     """The eager reference: every step of DDIM from ``latents``; returns the final latents."""
     with torch.no_grad():
-        context = guidance_context(prompt, unet.config) if guidance is not None else prompt
+        context = guidance_context(prompt) if guidance is not None else prompt
         g = _guidance_tensor(guidance, latents.device, latents.dtype)
         x = latents
         for i in range(sched.steps):
-            x = denoise_step(unet, sched, x, sched.step_index[i], context, g)
+            x = denoise_step(unet, sched, x, sched.step_tensors[i], context, g)
         return x
 
 
 def sample_baked(unet, sched: DDIMSchedule, latents, prompt, guidance: float | None = GUIDANCE):
     """The eager sampler written with :func:`denoise_step_baked`: the same result as :func:`sample`."""
     with torch.no_grad():
-        context = guidance_context(prompt, unet.config) if guidance is not None else prompt
+        context = guidance_context(prompt) if guidance is not None else prompt
         x = latents
         for i in range(sched.steps):
             x = denoise_step_baked(unet, sched, x, i, context, guidance)
@@ -439,20 +458,34 @@ def side_stream_warm_up(fn, iters: int = 2) -> None:
     torch.cuda.current_stream().wait_stream(side)
 
 
-class _Static:
-    """The static buffers one graph reads: latents, prompt context, step index, guidance scale."""
+class StaticBuffers:
+    """The static buffers a graph of the sampler reads, allocated once and filled with dummies.
 
-    def __init__(self, unet, batch: int, size: int, guidance: bool, dtype, device):
-        cfg = unet.config
+    ``x`` (batch, 4, size, size) latents; ``context`` (2 * batch or batch, L, D) prompt
+    embeddings, the unconditional ones first when ``guidance``; ``step`` (1,) int64 step
+    index; ``scale`` (1,) guidance scale (None without guidance). A request goes in with
+    :meth:`load` (``copy_`` / ``fill_``: the addresses never change).
+    """
+
+    def __init__(self, config: UNetConfig, batch: int = 1, size: int | None = None, guidance: bool = True,
+                 device: Any = "cpu", dtype: torch.dtype = torch.float32):
+        size = config.size if size is None else int(size)
         rows = 2 * batch if guidance else batch
-        self.batch, self.size, self.guidance = batch, size, guidance
-        self.x = torch.zeros(batch, cfg.latent_channels, size, size, device=device, dtype=dtype)
-        self.context = torch.zeros(rows, cfg.context_len, cfg.context_dim, device=device, dtype=dtype)
+        self.config, self.batch, self.size, self.guidance = config, int(batch), size, bool(guidance)
+        self.x = torch.zeros(batch, config.latent_channels, size, size, device=device, dtype=dtype)
+        self.context = torch.zeros(rows, config.context_len, config.context_dim, device=device, dtype=dtype)
         self.step = torch.zeros(1, dtype=torch.int64, device=device)
         self.scale = torch.full((1,), GUIDANCE, device=device, dtype=dtype) if guidance else None
 
-    def load(self, latents, prompt, guidance) -> None:
-        """Copy a request into the static buffers (the graph reads their addresses)."""
+    @classmethod
+    def for_model(cls, unet, batch: int = 1, size: int | None = None, guidance: bool = True) -> "StaticBuffers":
+        p = next(unet.parameters())
+        return cls(unet.config, batch, size, guidance, p.device, p.dtype)
+
+    def load(self, latents, prompt, guidance: float | None = GUIDANCE) -> None:
+        """Copy a request into the buffers."""
+        if (guidance is not None) != self.guidance:
+            raise ValueError("these buffers were made for " + ("guided" if self.guidance else "unguided") + " sampling")
         self.x.copy_(latents)
         if self.guidance:
             self.context.copy_(guidance_context(prompt))
@@ -464,16 +497,15 @@ class _Static:
 class StepGraph:
     """One CUDA graph of one denoising step, replayed once per step.
 
-    Before each replay the step index goes into ``static.step`` (``fill_``) and after it the
-    new latents are copied back into ``static.x``. Captured on dummy (zero) inputs.
+    Captured on the dummy contents of :class:`StaticBuffers`. Serving a request: copy it
+    into the buffers; then, per step, ``fill_`` the step index, replay, and copy the new
+    latents back into ``static.x``. Returns a clone (the buffers belong to the next request).
     """
 
     def __init__(self, unet, sched: DDIMSchedule, batch: int = 1, size: int | None = None,
                  guidance: bool = True, pool=None, warmup_iters: int = 2):
         self.unet, self.sched = unet, sched
-        p = next(unet.parameters())
-        self.static = _Static(unet, batch, size or unet.config.size, guidance, p.dtype, p.device)
-        st = self.static
+        self.static = st = StaticBuffers.for_model(unet, batch, size, guidance)
 
         def step():
             return denoise_step(unet, sched, st.x, st.step, st.context, st.scale)
@@ -491,27 +523,29 @@ class StepGraph:
             st.step.fill_(i)
             self.graph.replay()
             st.x.copy_(self.out)
-        return st.x
+        return st.x.clone()
 
 
 class LoopGraph:
     """The whole denoising loop, every step unrolled, in one CUDA graph: one replay per image.
 
-    Each step reads its own index from ``sched.step_index[i]`` (a view of a device table that
-    never changes), so the loop needs no feeding but the request's latents and prompt.
+    Step ``i`` reads its index from ``sched.step_tensors[i]``, a device tensor that never
+    changes, so only the request's latents, prompt and guidance scale are fed. ``step_fn``
+    replaces :func:`denoise_step` (with the same arguments), for example by a function
+    compiled with ``torch.compile`` (default mode): the warm-up compiles it, the capture
+    records its kernels.
     """
 
     def __init__(self, unet, sched: DDIMSchedule, batch: int = 1, size: int | None = None,
-                 guidance: bool = True, pool=None, warmup_iters: int = 1):
+                 guidance: bool = True, pool=None, warmup_iters: int = 1, step_fn=None):
         self.unet, self.sched = unet, sched
-        p = next(unet.parameters())
-        self.static = _Static(unet, batch, size or unet.config.size, guidance, p.dtype, p.device)
-        st = self.static
+        self.static = st = StaticBuffers.for_model(unet, batch, size, guidance)
+        step_fn = step_fn or (lambda x, step, context, scale: denoise_step(unet, sched, x, step, context, scale))
 
         def loop():
             x = st.x
             for i in range(sched.steps):
-                x = denoise_step(unet, sched, x, sched.step_index[i], st.context, st.scale)
+                x = step_fn(x, sched.step_tensors[i], st.context, st.scale)
             return x
 
         with torch.no_grad():
@@ -523,73 +557,74 @@ class LoopGraph:
     def __call__(self, latents, prompt, guidance: float | None = GUIDANCE):
         self.static.load(latents, prompt, guidance)
         self.graph.replay()
-        return self.out
+        return self.out.clone()
 
 
 # ---------------------------------------------------------------------------------------
-# An SGLang-style runner
+# torch.compile variants (a real GPU only)
+# ---------------------------------------------------------------------------------------
+COMPILE_SKIPPED = "torch.compile variants: skipped on the simulator (they compile kernels for a real GPU)"
+
+
+def compile_available() -> bool:
+    """True on a real GPU; False on the simulator (torch.compile does not trace through its dispatch mode)."""
+    from graphlab_utils import simulator
+
+    return not simulator.is_installed() and torch.cuda.is_available()
+
+
+def compiled_step(unet, sched: DDIMSchedule, mode: str | None = None):
+    """``denoise_step`` for this model and schedule through ``torch.compile`` (``mode=None``: default).
+
+    Call it as ``step(x, step_index, context, scale)``. Shapes are static (``dynamic=False``):
+    each signature compiles once, on its first call.
+    """
+    if not compile_available():
+        raise RuntimeError(COMPILE_SKIPPED)
+
+    def step(x, step_index, context, scale):
+        return denoise_step(unet, sched, x, step_index, context, scale)
+
+    return torch.compile(step, mode=mode, dynamic=False)
+
+
+class CompiledSampler:
+    """The eager loop over a step compiled with ``torch.compile(mode="reduce-overhead")``.
+
+    PyTorch records and replays CUDA graphs itself ("CUDA graph trees"), one per step call;
+    each step's output is cloned before the next call, which may overwrite it.
+    """
+
+    def __init__(self, unet, sched: DDIMSchedule, mode: str = "reduce-overhead"):
+        self.unet, self.sched = unet, sched
+        self.step = compiled_step(unet, sched, mode)
+
+    def __call__(self, latents, prompt, guidance: float | None = GUIDANCE):
+        with torch.no_grad():
+            context = guidance_context(prompt) if guidance is not None else prompt
+            g = _guidance_tensor(guidance, latents.device, latents.dtype)
+            x = latents
+            for i in range(self.sched.steps):
+                torch.compiler.cudagraph_mark_step_begin()
+                x = self.step(x, self.sched.step_tensors[i], context, g).clone()
+            return x
+
+
+# ---------------------------------------------------------------------------------------
+# Signatures
 # ---------------------------------------------------------------------------------------
 class Signature(NamedTuple):
-    """What a graph is specialised for: any change needs another graph."""
+    """What a graph of the sampler is specialised for: a request with another one needs another graph."""
 
     batch: int
     size: int
     guidance: bool
-    dtype: torch.dtype
+    dtype: torch.dtype = torch.float32
 
 
-def signature_of(latents: torch.Tensor, guidance) -> Signature:
+def signature_of(latents: torch.Tensor, guidance: float | None) -> Signature:
+    """The signature of a request: its latents' batch, size and dtype, and whether it is guided."""
     return Signature(int(latents.shape[0]), int(latents.shape[-1]), guidance is not None, latents.dtype)
-
-
-class DiffusionGraphRunner:
-    """Graphs keyed by :class:`Signature`, captured at warm-up; eager on a miss.
-
-    * ``warm_up(signatures)`` captures one :class:`StepGraph` per signature (all in one
-      memory pool, the largest batch first), at most ``max_graphs`` of them: beyond that the
-      least recently used graph is dropped (``evictions`` counts them).
-    * ``runner(latents, prompt, guidance)`` replays the graph of the request's signature
-      (``replays`` counts requests served so) or, on a miss, runs the eager sampler
-      (``misses`` counts them). It returns a **clone** of the final latents: the static
-      buffers are overwritten by the next request.
-    """
-
-    def __init__(self, unet, sched: DDIMSchedule, max_graphs: int = 4):
-        if max_graphs < 1:
-            raise ValueError("max_graphs must be at least 1")
-        self.unet, self.sched, self.max_graphs = unet, sched, int(max_graphs)
-        self.graphs: OrderedDict = OrderedDict()
-        self.pool = torch.cuda.graph_pool_handle()
-        self.replays = self.misses = self.evictions = 0
-
-    def capture(self, sig: Signature) -> None:
-        if sig in self.graphs:
-            self.graphs.move_to_end(sig)
-            return
-        if len(self.graphs) >= self.max_graphs:
-            _old, graph = self.graphs.popitem(last=False)
-            graph.graph.reset()
-            self.evictions += 1
-        if next(self.unet.parameters()).dtype != sig.dtype:
-            raise ValueError(f"the model's weights are not {sig.dtype}")
-        self.graphs[sig] = StepGraph(self.unet, self.sched, sig.batch, sig.size, sig.guidance, pool=self.pool)
-
-    def warm_up(self, signatures) -> None:
-        for sig in sorted(signatures, key=lambda s: (-s.batch * s.size * s.size * (2 if s.guidance else 1))):
-            self.capture(Signature(*sig))
-
-    def can_run(self, sig: Signature) -> bool:
-        return sig in self.graphs
-
-    def __call__(self, latents, prompt, guidance: float | None = GUIDANCE):
-        sig = signature_of(latents, guidance)
-        if not self.can_run(sig):
-            self.misses += 1
-            return sample(self.unet, self.sched, latents, prompt, guidance)
-        self.graphs.move_to_end(sig)
-        self.replays += 1
-        with torch.no_grad():
-            return self.graphs[sig](latents, prompt, guidance).clone()
 
 
 # ---------------------------------------------------------------------------------------

@@ -177,11 +177,11 @@ def test_memory_stats_follow_a_private_pool():
 
 
 def test_replay_of_released_memory_warns_and_never_gives_the_right_answer():
-    x = torch.randn(1 << 12)
+    x = torch.randn(3 << 20)  # 12 MiB: a segment of its own
     expected = x * 3
     g, out = capture(lambda: x * 3)
     del x
-    torch.cuda.empty_cache()  # the freed block goes back to the device
+    torch.cuda.empty_cache()  # the freed segment goes back to the device
     with pytest.warns(simulator.SimulatorWarning, match="freed"):
         g.replay()
     assert not torch.allclose(out, expected)

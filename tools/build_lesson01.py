@@ -41,6 +41,7 @@ if "google.colab" in sys.modules:  # Colab: install the course package into the 
 
 import json
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -393,7 +394,10 @@ def serve_in_fresh_process(strategy):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-latency = {name: serve_in_fresh_process(name) for name in SERVERS}
+# On a GPU the servers take turns, so that they do not disturb each other's timings. On the
+# simulator each process has its own modelled clock, so they may run side by side.
+with ThreadPoolExecutor(max_workers=1 if S.is_real else len(SERVERS)) as pool:
+    latency = dict(zip(SERVERS, pool.map(serve_in_fresh_process, SERVERS)))
 first = {name: ms[0] for name, ms in latency.items()}
 steady = {name: statistics.median(ms[1:]) for name, ms in latency.items()}'''
 
@@ -553,7 +557,7 @@ SIZES = [256, 512, 1024, 2048]
 big = {}
 for size in SIZES:
     fn, _ = workloads.big_matmul(DEVICE, size=size)
-    big[size] = eager_and_replay(fn, repeat=5)"""
+    big[size] = eager_and_replay(fn, repeat=3)"""
 
 L_BIG_TABLE = """\
 # NBVAL_IGNORE_OUTPUT
@@ -715,7 +719,8 @@ S_SETUP_CODE = SETUP_CODE.replace(
     "from graphlab_utils.isolation import run_isolated\n",
     "from graphlab_utils.checks.lesson01 import (check_capture, check_first_paying_count,\n"
     "                                            check_replay, check_time_phases)\n",
-).replace("import json\nimport statistics\n\n", "")
+).replace("import json\nimport statistics\nfrom concurrent.futures import ThreadPoolExecutor\n\n", "").replace(
+    "import matplotlib.pyplot as plt\nimport numpy as np\n", "")
 
 S_HELPERS_MD = """\
 The function you will capture in exercises 1 and 2 reads its input from a **static** tensor,
@@ -872,7 +877,7 @@ Write `time_phases(fn)` that returns a dict of four timings from the course's ti
 | `"eager"` | one eager call `fn()` | `timing.measure` |
 
 The check times the same phases itself, side by side, on a chain of 100 tiny kernels: each of
-your timings must be within 2x of its own (on the simulator the clock is modelled, so they
+your timings must be within 3x of its own (on the simulator the clock is modelled, so they
 agree exactly), and phases must not be swapped.
 
 <details><summary>Hint</summary>
@@ -934,9 +939,9 @@ S_EX4_MD = """\
 ---
 ## Exercise 4 · When do graphs start to pay?
 
-Per call, a replay beats an eager pass of tiny kernels from the very first kernel. But
-capture and instantiation are paid once, up front, and a graph that serves few calls may
-never win them back. Over `calls` calls a graph **pays** when
+Per call, a replay of tiny kernels beats an eager pass from the first few kernels on
+(lesson 01, section 4). But capture and instantiation are paid once, up front, and a graph
+that serves few calls may never win them back. Over `calls` calls a graph **pays** when
 
 $$\\text{capture} + \\text{instantiate} + \\text{calls} \\times \\text{replay} \\;<\\; \\text{calls} \\times \\text{eager}.$$
 

@@ -251,12 +251,14 @@ print("both graphs compute the block of the new x:",
 
 L_DRAW_MD = """\
 The two DAGs, drawn from the nodes and edges the graphs hold (numbers are the graphs' own
-node order; colours mark the branch a node belongs to, grey the nodes after the join):
+node order; colours mark the branch a node belongs to, grey the nodes after the join). On a
+GPU, cuBLAS may run one matmul as two kernels, so the chains there can be longer: the
+number of nodes depends on the libraries, the roots, the width and the join do not.
 """
 
 L_DRAW_CODE = """\
 fig, axes = plt.subplots(1, 2, figsize=(8, 4.6))
-viz.draw_dag(st_seq, ax=axes[0], title="one stream: a chain")
+viz.draw_dag(st_seq, ax=axes[0], title="one stream: a chain", branch_names=["one stream"])
 viz.draw_dag(st_fork, ax=axes[1], title="forked and joined: two branches",
              branch_names=["branch A (main)", "branch B (side)"])
 fig.tight_layout()
@@ -854,6 +856,7 @@ def monitored_step(x, w, side):
 x = torch.randn(32, 128, device=DEVICE)
 w = torch.randn(128, 128, device=DEVICE) / 128 ** 0.5
 side = torch.cuda.Stream()
+h, stats = monitored_step(x, w, side)   # warm-up, eagerly: cuBLAS sets itself up now (lesson 01)
 g = torch.cuda.CUDAGraph()
 with torch.cuda.graph(g):
     h, stats = monitored_step(x, w, side)"""

@@ -14,8 +14,8 @@ The lab's functions and the checks that run them:
 * :func:`check_time_phases` is a timing check: the learner's ``time_phases(fn)`` returns the
   four timings (capture, instantiate, replay, eager) of a 100-kernel chain; each must come
   from the course's timing helper and lie within a factor :data:`TOLERANCE` of the check's
-  own measurement taken side by side in the same run (exact on the simulator, where the
-  clock is modelled); two phases that the check finds at least :data:`ORDER_RATIO` apart
+  own measurement taken side by side in the same run, after one untimed round (exact on the
+  simulator, where the clock is modelled); two phases that the check finds at least :data:`ORDER_RATIO` apart
   must come in the same order (so swapped phases fail), and replay must beat eager.
 * :func:`check_first_paying_count` feeds the learner's ``first_paying_count(sweep, calls)``
   made-up sweeps and compares with :func:`first_paying_count_reference`.
@@ -42,7 +42,7 @@ __all__ = [
     "check_first_paying_count",
 ]
 
-TOLERANCE = 2.0  # a learner's timing may differ from the check's own by this factor at most
+TOLERANCE = 3.0  # a learner's timing may differ from the check's own by this factor at most
 ORDER_RATIO = 1.5  # phases this far apart in the check's measurement must keep their order
 PHASES = ("capture", "instantiate", "replay", "eager")
 CHECK_KERNELS = 100  # the chain check_time_phases times: launch-bound on any GPU
@@ -319,6 +319,9 @@ def check_time_phases(time_phases):
     from graphlab_utils import timing, workloads
 
     fn, _inputs = workloads.chain(CHECK_KERNELS, _device())
+    # One untimed round first: on a GPU the first capture and instantiation of a process's
+    # kernels pay one-off costs that would otherwise fall on whichever is measured first.
+    _reference_phases(fn)
     try:
         phases = time_phases(fn)
     except RuntimeError as exc:

@@ -477,7 +477,7 @@ def check_runner_speed(Runner):
     eager = timing.measure(lambda: model(x))
     ratio = timing.speedup(eager, graphed)
     ok(ratio >= MIN_SPEEDUP,
-       f"the runner at least {MIN_SPEEDUP}x faster than the eager model at batch 5 ({timing.label()})",
+       f"the runner at least {MIN_SPEEDUP}x faster than the eager model at batch 5, {timing.label()}",
        f"runner {graphed}, eager {eager}: {timing.format_ratio(ratio)}",
        "a call should cost one copy into the static input and one replay: no capture, no "
        "synchronize, no eager run of the model, no extra kernels per call")
@@ -552,16 +552,17 @@ def check_choose_buckets(choose_buckets):
         cost, best_cost = expected_padding(buckets, traffic), expected_padding(best, traffic)
         if cost <= best_cost + 1e-9 * max(1.0, best_cost):
             continue
-        idea = ("minimise the expected padding, sum over sizes of weight x (bucket - size) / total weight. "
+        base = ("minimise the expected padding, sum over sizes of weight x (bucket - size) / total weight. "
                 "An optimal bucket sits at a size of the mix and serves a run of consecutive sizes; a "
                 "dynamic programme over the sorted sizes finds it: best[c][j] = min over i < j of "
                 "best[c-1][i] + padding of sizes i+1..j padded to size j")
+        idea = base
         if buckets == _top_k(traffic, k) or buckets == sorted(set(_top_k(traffic, k - 1)) | {top}):
             idea = ("the most frequent sizes are not the best buckets: a bucket serves every size between "
                     "the bucket below it and itself, so where the buckets sit decides how far each size is "
-                    "padded. " + idea)
+                    "padded. " + base[0].upper() + base[1:])
         elif len(buckets) < min(k, len(traffic)):
-            idea = "use all k buckets you may: one more bucket never adds padding. " + idea
+            idea = "use all k buckets you may: one more bucket never adds padding. " + base[0].upper() + base[1:]
         fail(f"{name}: expected padding {best_cost:.4g} rows per batch (for example {best})",
              f"{buckets}: {cost:.4g} rows per batch",
              idea)

@@ -14,13 +14,14 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 from .clock import CLOCK, cost_model
 from .errors import RNG_POISONED, SimulatorWarning, cudaError_t, cuda_error
-from .memory import ALLOCATOR, Block, Pool
+from .memory import ALLOCATOR, Pool
 from .streams import DEFAULT_STREAM, Stream, current_stream
 
 STATE = threading.local()
@@ -41,36 +42,39 @@ def active_captures() -> list["Capture"]:
 # Tensor arguments bound to memory
 # ---------------------------------------------------------------------------------------
 class TensorRef:
-    """A kernel argument: an address (block + offset) with the shape the kernel was built for."""
+    """A kernel argument: an address (segment + byte offset) with the shape the kernel was built for."""
 
-    __slots__ = ("block", "pinned", "dtype", "size", "stride", "offset")
+    __slots__ = ("segment", "byte_offset", "pinned", "dtype", "size", "stride", "nbytes")
 
     def __init__(self, t: torch.Tensor):
-        block = ALLOCATOR.block_for(t)
-        if block is None:
-            block = ALLOCATOR.register(t)
-        self.block: Block | None = block
-        self.pinned = None if block is not None else t  # untracked tensors stay alive instead
-        self.dtype, self.size, self.stride, self.offset = t.dtype, tuple(t.size()), tuple(t.stride()), t.storage_offset()
+        self.dtype, self.size, self.stride = t.dtype, tuple(t.size()), tuple(t.stride())
+        elem = t.element_size()
+        extent = 0 if not all(self.size) else 1 + sum((n - 1) * st for n, st in zip(self.size, self.stride))
+        self.nbytes = extent * elem
+        block = ALLOCATOR.block_at(t)
+        if block is None:  # memory the allocator never gave out: keep the tensor itself alive
+            self.segment, self.byte_offset, self.pinned = None, 0, t
+        else:
+            self.segment, self.pinned = block.segment, None
+            self.byte_offset = block.offset + t.storage_offset() * elem
 
     def tensor(self) -> torch.Tensor:
-        if self.block is None:
+        if self.segment is None:
             return self.pinned
-        if self.block.released:
+        seg = self.segment
+        if seg.released:
             # The bytes went back to the device; a GPU would read whatever is there now.
             warn_invented_bytes(self)
-            self.block.released = False
-            self.block.storage = torch.UntypedStorage(self.block.storage.nbytes())
-            self.block.view(torch.uint8, (self.block.storage.nbytes(),), (1,), 0).fill_(255)  # NaN in floats
-        return self.block.view(self.dtype, self.size, self.stride, self.offset)
+            seg.released = False
+            seg.memory = np.full(seg.size, 255, dtype=np.uint8)  # NaN in every float type
+        view = seg.memory[self.byte_offset : self.byte_offset + max(self.nbytes, 1)]
+        return torch.empty(0, dtype=self.dtype).set_(torch.from_numpy(view).untyped_storage(), 0, self.size, self.stride)
 
     @property
     def address(self) -> int:
-        base = self.block.address if self.block is not None else self.pinned.untyped_storage().data_ptr()
-        return base + self.offset * torch.empty((), dtype=self.dtype).element_size()
-
-    def signature(self):
-        return (self.dtype, self.size, self.stride)
+        if self.segment is None:
+            return self.pinned.data_ptr()
+        return self.segment.address + self.byte_offset
 
 
 def _bind(value):
@@ -350,7 +354,7 @@ class CUDAGraph:
         self._template = self._exec = None
         if self._pool is not None:
             self._pool.users -= 1
-            ALLOCATOR.drop_pool_if_unused(self._pool)
+            ALLOCATOR.release_user(self._pool)
             self._pool = None
 
     def __del__(self):

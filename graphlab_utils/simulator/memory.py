@@ -1,110 +1,124 @@
-"""A model of PyTorch's CUDA caching allocator, over CPU storages.
+"""A model of PyTorch's CUDA caching allocator, over CPU memory.
 
 Why the simulator needs one: the lessons' memory traps (a freed input whose block is handed
-to the next tensor, a pool compacted behind a graph's back, graphs sharing a private pool)
-are about *which bytes sit at an address*. Every tensor the simulator creates lives in a
-`Block` that the allocator owns; a block is free when no tensor uses its storage any more
-(the storage's use count falls back to the allocator's own reference), and a free block is
-handed to the next allocation of a fitting size, bytes and all, exactly as a GPU's caching
-allocator reuses freed memory. Graphs refer to blocks, not to tensors, so a replay reads
-whatever the block holds now.
+to the next tensor, a pool compacted behind a graph's back, graphs sharing a private pool,
+the memory a set of captured graphs holds) are about *which bytes sit at an address* and
+*how much a pool reserves*. So the model follows PyTorch's rules:
+
+- memory is reserved in segments: 2 MiB for requests up to 1 MiB, 20 MiB for requests up
+  to 10 MiB, larger requests rounded up to 2 MiB; every request is rounded up to 512 bytes;
+- a request takes the smallest free block that fits among the blocks of its pool and of
+  the stream it runs on (small or large list), split when the rest is worth keeping; a
+  freed block merges with free neighbours;
+- each graph capture allocates from a private pool; pools are separate unless shared with
+  `pool=`; `empty_cache()` gives back segments that are wholly free (a private pool's only
+  once no graph uses it).
+
+A tensor handed out by the allocator owns a storage of its own that aliases its block's
+bytes (a NumPy view of the segment); when the last tensor on that storage dies, the block
+is free, and the next allocation can take it, bytes and all.
 """
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
-from dataclasses import dataclass, field
+import weakref
 
+import numpy as np
 import torch
 
-ROUND_BYTES = 512  # PyTorch rounds every CUDA allocation up to 512 bytes
-MAX_CACHED_FREE_BYTES = 512 * 2**20  # beyond this, free blocks of the default pool are dropped
+MIN_BLOCK = 512  # every request is rounded up to this
+SMALL_SIZE = 1 << 20  # requests up to this come from small (2 MiB) segments
+SMALL_BUFFER = 2 << 20
+MIN_LARGE_ALLOC = 10 << 20
+LARGE_BUFFER = 20 << 20
+ROUND_LARGE = 2 << 20
 
 
 def round_size(nbytes: int) -> int:
-    return max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES)
+    return max(MIN_BLOCK, -(-nbytes // MIN_BLOCK) * MIN_BLOCK)
 
 
-class Block:
-    """One allocation of the simulated device: a CPU storage the allocator keeps a reference to."""
+def segment_size(size: int) -> int:
+    if size <= SMALL_SIZE:
+        return SMALL_BUFFER
+    if size < MIN_LARGE_ALLOC:
+        return LARGE_BUFFER
+    return -(-size // ROUND_LARGE) * ROUND_LARGE
 
-    __slots__ = ("storage", "nbytes", "pool", "released", "__weakref__")
 
-    def __init__(self, storage: torch.UntypedStorage, pool: "Pool"):
-        self.storage = storage
-        self.nbytes = round_size(storage.nbytes())
+class Segment:
+    """One reservation (cudaMalloc) of device memory."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, size: int, pool: "Pool", stream_id: int):
+        self.id = next(Segment._ids)
+        self.stream_id = stream_id  # PyTorch reuses a block only on the stream it was made for
+        self.memory = np.zeros(size, dtype=np.uint8)  # fresh device pages read as zeros
+        self.size = size
         self.pool = pool
-        self.released = False  # given back to the device (empty_cache): its bytes are gone
+        self.released = False  # given back with empty_cache: its bytes are gone
+        self.blocks: list[Block] = []  # ordered by offset
 
     @property
     def address(self) -> int:
-        return self.storage.data_ptr()
-
-    def in_use(self) -> bool:
-        # The allocator's own `self.storage` is one reference; any tensor on it adds one.
-        return torch._C._storage_Use_Count(self.storage._cdata) > 1
-
-    def view(self, dtype: torch.dtype, size, stride, offset: int) -> torch.Tensor:
-        """A tensor over this block's bytes (what a kernel argument pointing here reads)."""
-        t = torch.empty(0, dtype=dtype)
-        t.set_(self.storage, offset, size, stride)
-        return t
+        return self.memory.ctypes.data
 
 
-@dataclass(eq=False)
+class Block:
+    __slots__ = ("segment", "offset", "size", "live", "__weakref__")
+
+    def __init__(self, segment: Segment, offset: int, size: int):
+        self.segment, self.offset, self.size, self.live = segment, offset, size, False
+
+    @property
+    def address(self) -> int:
+        return self.segment.address + self.offset
+
+    @property
+    def small(self) -> bool:
+        return self.segment.size == SMALL_BUFFER
+
+    def sort_key(self):
+        return (self.segment.stream_id, self.size, self.segment.id, self.offset)
+
+
 class Pool:
     """A memory pool: the default one, or a graph's private pool (`graph_pool_handle()`)."""
 
-    handle: tuple
-    private: bool
-    by_size: dict = field(default_factory=dict)  # rounded nbytes -> [Block]
-    sizes: list = field(default_factory=list)  # sorted keys of by_size
-    users: int = 0  # graphs that keep this private pool alive
+    def __init__(self, handle: tuple, private: bool):
+        self.handle, self.private = handle, private
+        self.segments: list[Segment] = []
+        self.free_small: list = []  # sorted (stream id, size, segment id, offset, block)
+        self.free_large: list = []
+        self.users = 0  # graphs that keep this private pool alive
 
-    def blocks(self):
-        return itertools.chain.from_iterable(self.by_size.values())
+    def _free_list(self, small: bool) -> list:
+        return self.free_small if small else self.free_large
 
-    def add(self, block: Block) -> None:
-        if block.nbytes not in self.by_size:
-            bisect.insort(self.sizes, block.nbytes)
-            self.by_size[block.nbytes] = []
-        self.by_size[block.nbytes].append(block)
+    def add_free(self, block: Block) -> None:
+        bisect.insort(self._free_list(block.small), (*block.sort_key(), block))
 
-    def find_free(self, nbytes: int) -> Block | None:
-        """Best fit among free blocks of at least `nbytes` (and under twice that: no splitting)."""
-        need = round_size(nbytes)
-        i = bisect.bisect_left(self.sizes, need)
-        while i < len(self.sizes) and self.sizes[i] < 2 * need:
-            for block in self.by_size[self.sizes[i]]:
-                # the storage itself must be large enough: set_() would grow (and move) it
-                if block.storage.nbytes() >= nbytes and not block.in_use():
-                    return block
+    def remove_free(self, block: Block) -> None:
+        lst = self._free_list(block.small)
+        i = bisect.bisect_left(lst, block.sort_key())
+        while i < len(lst) and lst[i][4] is not block:
             i += 1
-        return None
+        if i < len(lst):
+            del lst[i]
+
+    def best_fit(self, size: int, stream_id: int) -> Block | None:
+        lst = self._free_list(size <= SMALL_SIZE)
+        i = bisect.bisect_left(lst, (stream_id, size, -1, -1))
+        return lst[i][4] if i < len(lst) and lst[i][0] == stream_id else None
 
     def reserved_bytes(self) -> int:
-        return sum(b.nbytes for b in self.blocks())
+        return sum(s.size for s in self.segments)
 
     def allocated_bytes(self) -> int:
-        return sum(b.nbytes for b in self.blocks() if b.in_use())
-
-    def release_free(self, keep_bytes: int = 0) -> None:
-        """Drop free blocks (as empty_cache does), keeping up to `keep_bytes` of them cached."""
-        kept = 0
-        for size in list(self.sizes):
-            survivors = []
-            for block in self.by_size[size]:
-                if block.in_use() or kept + block.nbytes <= keep_bytes:
-                    if not block.in_use():
-                        kept += block.nbytes
-                    survivors.append(block)
-                else:
-                    block.released = True
-            if survivors:
-                self.by_size[size] = survivors
-            else:
-                del self.by_size[size]
-                self.sizes.remove(size)
+        return sum(b.size for s in self.segments for b in s.blocks if b.live)
 
 
 class Allocator:
@@ -113,8 +127,8 @@ class Allocator:
         self.private: dict[tuple, Pool] = {}
         self._next_id = itertools.count(1)
         self.peak_allocated = 0
-        # StorageImpl (storage._cdata) -> block: stable even if a storage is resized and moves
-        self.block_of: dict[int, Block] = {}
+        self.live_by_address: dict[int, Block] = {}  # address of a live block -> block
+        self._freed = collections.deque()  # blocks whose last tensor died, merged lazily
 
     # -- pools ------------------------------------------------------------------------
     def new_pool_handle(self) -> tuple:
@@ -127,84 +141,122 @@ class Allocator:
             self.private[handle] = Pool(handle=handle, private=True)
         return self.private[handle]
 
-    def drop_pool_if_unused(self, pool: Pool) -> None:
-        if pool.private and pool.users <= 0:
-            pool.release_free()
-            if not pool.by_size:
-                self.private.pop(pool.handle, None)
-
-    # -- allocation -------------------------------------------------------------------
-    def adopt(self, t: torch.Tensor, pool: Pool) -> torch.Tensor:
-        """Give a fresh op output a block: reuse a free one (copying the bytes in) or keep its own."""
-        if t.layout != torch.strided or t.is_quantized:
-            return t
-        storage = t.untyped_storage()
-        if storage.nbytes() == 0 or storage._cdata in self.block_of:
-            return t
-        block = pool.find_free(storage.nbytes())
-        if block is not None:
-            out = block.view(t.dtype, t.size(), t.stride(), t.storage_offset())
-            out.copy_(t)
-            return out
-        block = Block(storage, pool)
-        pool.add(block)
-        self.block_of[storage._cdata] = block
-        if not pool.private:
-            self._trim_default()
-        return t
-
-    def empty(self, size, stride, dtype, pool: Pool) -> torch.Tensor:
-        """Uninitialised memory from `pool`: a reused block keeps its old bytes, as on a GPU."""
-        extent = 0 if not all(size) else 1 + sum((n - 1) * st for n, st in zip(size, stride))
-        nbytes = extent * torch.empty((), dtype=dtype).element_size()
-        block = pool.find_free(nbytes) if nbytes else None
-        if block is None:
-            storage = torch.UntypedStorage(max(nbytes, 1))
-            torch.empty(0, dtype=torch.uint8).set_(storage).zero_()  # fresh device pages read as zeros
-            block = Block(storage, pool)
-            pool.add(block)
-            self.block_of[storage._cdata] = block
-        return block.view(dtype, size, stride, 0)
-
-    def register(self, t: torch.Tensor) -> Block | None:
-        """Track a tensor made outside the simulator (before install, or by a path it cannot see)."""
-        if t.layout != torch.strided or t.untyped_storage().nbytes() == 0:
-            return None
-        block = Block(t.untyped_storage(), self.default)
-        self.default.add(block)
-        self.block_of[block.storage._cdata] = block
-        return block
-
-    def block_for(self, t: torch.Tensor) -> Block | None:
-        storage = t.untyped_storage()
-        return self.block_of.get(storage._cdata)
-
-    def _trim_default(self) -> None:
-        free = self.default.reserved_bytes() - self.default.allocated_bytes() if len(self.block_of) % 256 == 0 else 0
-        if free > MAX_CACHED_FREE_BYTES:
-            self.default.release_free(MAX_CACHED_FREE_BYTES // 2)
-            self._forget_dropped()
-
-    def _forget_dropped(self) -> None:
-        live = {id(b) for p in [self.default, *self.private.values()] for b in p.blocks()}
-        self.block_of = {a: b for a, b in self.block_of.items() if id(b) in live}
-
-    def empty_cache(self) -> None:
-        self.default.release_free()
-        for pool in list(self.private.values()):
-            self.drop_pool_if_unused(pool)
-        self._forget_dropped()
-
-    # -- statistics ---------------------------------------------------------------------
-    def pools(self):
+    def pools(self) -> list[Pool]:
         return [self.default, *self.private.values()]
 
+    # -- allocation -------------------------------------------------------------------
+    def _on_free(self, block: Block) -> None:
+        self._freed.append(block)  # called from a finalizer: defer the bookkeeping
+
+    def _collect(self) -> None:
+        while self._freed:
+            block = self._freed.popleft()
+            if not block.live:
+                continue
+            block.live = False
+            self.live_by_address.pop(block.address, None)
+            self._merge_and_free(block)
+
+    def _merge_and_free(self, block: Block) -> None:
+        seg = block.segment
+        pool = seg.pool
+        i = seg.blocks.index(block)
+        for j in (i + 1, i - 1):  # merge the right neighbour first, then the left
+            if 0 <= j < len(seg.blocks):
+                other = seg.blocks[j]
+                if not other.live and other is not block:
+                    pool.remove_free(other)
+                    block.offset = min(block.offset, other.offset)
+                    block.size += other.size
+                    seg.blocks.remove(other)
+        pool.add_free(block)
+
+    def _take(self, size: int, pool: Pool, stream_id: int) -> Block:
+        self._collect()
+        block = pool.best_fit(size, stream_id)
+        if block is None:
+            seg = Segment(segment_size(size), pool, stream_id)
+            pool.segments.append(seg)
+            block = Block(seg, 0, seg.size)
+            seg.blocks.append(block)
+        else:
+            pool.remove_free(block)
+        rest = block.size - size
+        if rest >= (MIN_BLOCK if block.small else SMALL_SIZE + 1):
+            seg = block.segment
+            tail = Block(seg, block.offset + size, rest)
+            seg.blocks.insert(seg.blocks.index(block) + 1, tail)
+            block.size = size
+            pool.add_free(tail)
+        block.live = True
+        self.live_by_address[block.address] = block
+        return block
+
+    def would_grow(self, nbytes: int, pool: Pool, stream_id: int = 0) -> bool:
+        """Would this request need a new segment (a cudaMalloc)?"""
+        self._collect()
+        return pool.best_fit(round_size(nbytes), stream_id) is None
+
+    def _tensor_on(self, block: Block, nbytes: int, dtype, size, stride) -> torch.Tensor:
+        view = block.segment.memory[block.offset : block.offset + max(nbytes, 1)]
+        weakref.finalize(view, self._on_free, block)  # fires when the last tensor on it dies
+        storage = torch.from_numpy(view).untyped_storage()
+        return torch.empty(0, dtype=dtype).set_(storage, 0, size, stride)
+
+    def empty(self, size, stride, dtype, pool: Pool, stream_id: int = 0) -> torch.Tensor:
+        """Uninitialised memory from `pool`: a reused block keeps its old bytes, as on a GPU."""
+        elem = torch.empty((), dtype=dtype).element_size()
+        extent = 0 if not all(size) else 1 + sum((n - 1) * st for n, st in zip(size, stride))
+        nbytes = extent * elem
+        block = self._take(round_size(nbytes), pool, stream_id)
+        self._note_peak()
+        return self._tensor_on(block, nbytes, dtype, tuple(size), tuple(stride))
+
+    def adopt(self, t: torch.Tensor, pool: Pool, stream_id: int = 0) -> torch.Tensor:
+        """Move a fresh op output into allocator memory (what a GPU kernel's output would be)."""
+        if t.layout != torch.strided or t.is_quantized:
+            return t
+        out = self.empty(tuple(t.size()), tuple(t.stride()), t.dtype, pool, stream_id)
+        out.copy_(t)
+        return out
+
+    def block_at(self, t: torch.Tensor) -> Block | None:
+        """The live block a tensor's storage sits in (None for memory the allocator never gave)."""
+        self._collect()
+        return self.live_by_address.get(t.untyped_storage().data_ptr())
+
+    def _note_peak(self) -> None:
+        if len(self.live_by_address) % 64 == 0:
+            self.allocated_bytes()
+
+    # -- giving memory back ---------------------------------------------------------------
+    def empty_cache(self) -> None:
+        self._collect()
+        for pool in self.pools():
+            if pool.private and pool.users > 0:
+                continue
+            for seg in list(pool.segments):
+                if all(not b.live for b in seg.blocks):
+                    for b in seg.blocks:
+                        pool.remove_free(b)
+                    seg.released = True
+                    pool.segments.remove(seg)
+            if pool.private and not pool.segments:
+                self.private.pop(pool.handle, None)
+
+    def release_user(self, pool: Pool) -> None:
+        """A graph using `pool` was reset or deleted; its memory goes back at empty_cache()."""
+        pool.users -= 1
+
+    # -- statistics ---------------------------------------------------------------------
     def allocated_bytes(self) -> int:
+        self._collect()
         now = sum(p.allocated_bytes() for p in self.pools())
         self.peak_allocated = max(self.peak_allocated, now)
         return now
 
     def reserved_bytes(self) -> int:
+        self._collect()
         return sum(p.reserved_bytes() for p in self.pools())
 
 

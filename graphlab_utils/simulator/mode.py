@@ -176,9 +176,9 @@ class SimMode(TorchDispatchMode):
             flat, spec = tree_flatten(result)
             if active_captures():
                 for t in flat:
-                    if isinstance(t, torch.Tensor) and ALLOCATOR.default.find_free(t.untyped_storage().nbytes()) is None:
+                    if isinstance(t, torch.Tensor) and ALLOCATOR.would_grow(t.untyped_storage().nbytes(), ALLOCATOR.default, stream.stream_id):
                         refuse_malloc(f"{_op_name(func)}")
-            flat = [ALLOCATOR.adopt(t, ALLOCATOR.default) if isinstance(t, torch.Tensor) else t for t in flat]
+            flat = [ALLOCATOR.adopt(t, ALLOCATOR.default, stream.stream_id) if isinstance(t, torch.Tensor) else t for t in flat]
             out = spec.unflatten(flat) if hasattr(spec, "unflatten") else torch.utils._pytree.tree_unflatten(flat, spec)
         if func not in _ALLOCATION_OPS and _is_kernel(func):
             CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), _eager_host_us(func), _op_name(func))
@@ -198,7 +198,9 @@ class SimMode(TorchDispatchMode):
         else:
             flat, spec = tree_flatten(shapes)
             real = [
-                ALLOCATOR.empty(tuple(t.size()), tuple(t.stride()), t.dtype, capture.pool) if isinstance(t, torch.Tensor) else t
+                ALLOCATOR.empty(tuple(t.size()), tuple(t.stride()), t.dtype, capture.pool, capture.origin.stream_id)
+                if isinstance(t, torch.Tensor)
+                else t
                 for t in flat
             ]
             result = torch.utils._pytree.tree_unflatten(real, spec)

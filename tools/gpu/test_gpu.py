@@ -99,16 +99,22 @@ def _notebooks(pattern: str | None) -> list:
     return [p for p in rel if not pattern or re.search(pattern, p)]
 
 
-def phase_nbval(out: Path, pattern: str | None = None) -> dict:
-    results = {}
-    for nb in _notebooks(pattern):
-        rc, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-                               "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
-                               "--nbval-cell-timeout=600", nb], timeout=900, env={"GRAPHLAB_BACKEND": "real"})
-        results[nb] = {"passed": rc == 0, "seconds": secs, "counts": _pytest_counts(text),
-                       "tail": "" if rc == 0 else text[-4000:]}
-        print(f"nbval {nb}: {'pass' if rc == 0 else 'FAIL'} in {secs} s", flush=True)
-    return {"notebooks": results, "all_passed": all(r["passed"] for r in results.values())}
+def _nbval_one(nb: str) -> dict:
+    rc, text, secs = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+                           "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
+                           "--nbval-cell-timeout=600", nb], timeout=900, env={"GRAPHLAB_BACKEND": "real"})
+    print(f"nbval {nb}: {'pass' if rc == 0 else 'FAIL'} in {secs} s", flush=True)
+    return {"passed": rc == 0, "seconds": secs, "counts": _pytest_counts(text), "tail": "" if rc == 0 else text[-4000:]}
+
+
+def phase_nbval(out: Path, pattern: str | None = None, jobs: int = 1) -> dict:
+    """Strict nbval per notebook; `jobs` notebooks at a time share the GPU (each its own process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    notebooks = _notebooks(pattern)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = dict(zip(notebooks, pool.map(_nbval_one, notebooks)))
+    return {"notebooks": results, "all_passed": all(r["passed"] for r in results.values()), "jobs": jobs}
 
 
 def phase_execute(out: Path, pattern: str | None = None) -> dict:
@@ -136,12 +142,17 @@ def phase_execute(out: Path, pattern: str | None = None) -> dict:
     return {"notebooks": done}
 
 
-def run_phases(out: Path, phases, pattern) -> None:
+def run_phases(out: Path, phases, pattern, jobs: int = 1) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for phase in phases:
         fn = globals()[f"phase_{phase}"]
         print(f"=== {phase}", flush=True)
-        result = fn(out, pattern) if phase in ("nbval", "execute") else fn(out)
+        if phase == "nbval":
+            result = fn(out, pattern, jobs)
+        elif phase == "execute":
+            result = fn(out, pattern)
+        else:
+            result = fn(out)
         (out / f"{phase}.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))
 
 
@@ -150,6 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="directory for the phase results")
     p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of: " + ", ".join(PHASES))
     p.add_argument("--notebooks", help="regular expression: only notebooks whose path matches (nbval, execute)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks checked at a time by the nbval phase")
     p.add_argument("--report", nargs="*", type=Path, help="merge phase results from these directories into reports/gpu/")
     a = p.parse_args(argv)
     if a.out:
@@ -157,7 +169,7 @@ def main(argv=None) -> int:
         bad = [x for x in phases if x not in PHASES]
         if bad:
             p.error(f"unknown phase(s) {bad}; choose from {', '.join(PHASES)}")
-        run_phases(a.out, phases, a.notebooks)
+        run_phases(a.out, phases, a.notebooks, a.jobs)
     if a.report is not None:
         sys.path.insert(0, str(ROOT / "tools" / "gpu"))
         from gpu_report import write_report
