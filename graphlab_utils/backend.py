@@ -170,6 +170,9 @@ def setup(backend: str | None = None, seed: int = 0, quiet: bool = False) -> Ses
         simulator = _simulator_module()
         if not _is_installed(simulator):
             simulator.install()
+        # Simulated tensors are small and every op pays Python overhead: one CPU thread is
+        # faster than a thread pool, and keeps parallel test runs from oversubscribing cores.
+        torch.set_num_threads(1)
         gpu_name = _calibration_gpu_name()
         session = Session(
             backend="sim",

@@ -558,8 +558,9 @@ def graphed_callables(device):
     return {"outputs_match": _close(out, ref), "grads_match": grads_ok and _close(x.grad, x2.grad)}
 
 
-@scenario(15, "raw capture_begin on the default stream is refused",
-          {"raised": "RuntimeError", "says_non_default_stream": True}, isolated=True)
+@scenario(15, "raw capture_begin on the default stream is refused, and the process's RNG is left in capture state",
+          {"raised": "RuntimeError", "says_non_default_stream": True, "rng_after_failure": "Offset increment outside graph capture"},
+          isolated=True)
 def capture_on_default_stream(device):
     import torch
 
@@ -568,7 +569,13 @@ def capture_on_default_stream(device):
         g.capture_begin()
         return {"raised": None}
     except RuntimeError as exc:
-        return {"raised": "RuntimeError", "says_non_default_stream": "non-default stream" in str(exc)}
+        outcome = {"raised": "RuntimeError", "says_non_default_stream": "non-default stream" in str(exc)}
+    try:
+        torch.randn(4, device=device)
+        outcome["rng_after_failure"] = "works"
+    except RuntimeError as exc:
+        outcome["rng_after_failure"] = "Offset increment outside graph capture" if "Offset increment" in str(exc) else type(exc).__name__
+    return outcome
 
 
 @scenario(15, "capture must end on the stream it began on",

@@ -30,10 +30,9 @@ says so and the kata is marked real-GPU-only (``Kata.demo_needs_gpu``).
 from __future__ import annotations
 
 import contextlib
-import gc
-import math
 import random
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -122,10 +121,13 @@ def capture(fn, pool=None, warmup: int = 1):
 
 
 def _free_memory() -> None:
+    """Give cached, unused blocks back so that memory_reserved() counts what is held.
+
+    (No gc.collect(): the graphs measured here are freed by reference counting, and a full
+    collection of a notebook's heap costs more than everything else a check does.)"""
     import torch
 
     torch.cuda.synchronize()
-    gc.collect()
     torch.cuda.empty_cache()
 
 
@@ -180,9 +182,9 @@ def _capturing() -> bool:
 def _default_generators() -> set[int]:
     import torch
 
-    ids = {id(torch.default_generator)}
+    ids = {torch.default_generator._cdata}
     try:
-        ids |= {id(g) for g in torch.cuda.default_generators}
+        ids |= {g._cdata for g in torch.cuda.default_generators}
     except Exception:
         pass
     return ids
@@ -228,8 +230,8 @@ def _spy_mode(watch: _Watch):
                         "tensor is pinned (a tensor made from Python data)" + _GUARD_NOTE)
             if capturing:
                 for value in list(args) + list(kwargs.values()):
-                    if isinstance(value, torch.Generator) and id(value) not in defaults \
-                            and id(value) not in watch.registered:
+                    if isinstance(value, torch.Generator) and value._cdata not in defaults \
+                            and value._cdata not in watch.registered:
                         watch.refused.append("an unregistered generator")
                         raise _Refused(GENERATOR_REFUSED + _GUARD_NOTE)
             if name not in _DATA_MOVEMENT_OPS and name not in _SYNC_OPS and not _is_alias_op(func):
@@ -240,8 +242,11 @@ def _spy_mode(watch: _Watch):
 
 
 @contextlib.contextmanager
-def _watching(watch: _Watch | None = None):
-    """Watch (and guard) the code run inside; yields the :class:`_Watch`."""
+def _watching(watch: _Watch | None = None, spy: bool = True):
+    """Watch (and guard) the code run inside; yields the :class:`_Watch`.
+
+    With ``spy=False`` only graph replays, captures and registered generators are counted (no
+    dispatch mode: cheap enough to leave on while timing)."""
     import torch
 
     watch = watch or _Watch()
@@ -295,7 +300,7 @@ def _watching(watch: _Watch | None = None):
 
     def register_fn(original):
         def register_generator_state(self, generator, *args, **kwargs):
-            watch.registered.add(id(generator))
+            watch.registered.add(generator._cdata)
             return original(self, generator, *args, **kwargs)
 
         return register_generator_state
@@ -311,7 +316,10 @@ def _watching(watch: _Watch | None = None):
         patch(graph_cls, "capture_begin", begin_fn)
         if hasattr(graph_cls, "register_generator_state"):
             patch(graph_cls, "register_generator_state", register_fn)
-        with _spy_mode(watch):
+        if spy:
+            with _spy_mode(watch):
+                yield watch
+        else:
             yield watch
     finally:
         for owner, name, old in reversed(saved):
@@ -534,12 +542,15 @@ def _k1_run(cls) -> dict:
     graph.replay()
     first = _close(out, expect_a)
     cache.reset()
-    emptied = isinstance(cache.keys, torch.Tensor) and tuple(cache.keys.shape) == (K1_SLOTS, K1_DIM) \
-        and bool((cache.keys == 0).all())
     cache.write(keys_b)
     graph.replay()  # nothing allocated since reset(): a moved buffer's old bytes are still there
-    return {"request_1_correct": first, "reset_empties": emptied, "request_2_correct": _close(out, expect_b),
-            "request_2_reads_request_1": _close(out, expect_a)}
+    correct, stale = _close(out, expect_b), _close(out, expect_a)
+    # reset() must have emptied the slots request 2 does not fill (checked after the replay, so
+    # that the check's own tensors cannot land in memory the graph reads)
+    emptied = isinstance(cache.keys, torch.Tensor) and tuple(cache.keys.shape) == (K1_SLOTS, K1_DIM) \
+        and bool((cache.keys[5:] == 0).all())
+    return {"request_1_correct": first, "reset_empties": emptied, "request_2_correct": correct,
+            "request_2_reads_request_1": stale}
 
 
 def _k1_demo(cls) -> None:
@@ -762,7 +773,8 @@ def check_masked_mean(fn):
         n = int(mask.sum())
         if not _close(out, _k3_reference(hidden, mask)):
             if n < K3_ROWS and _close(out, hidden.mean(0)):
-                fail("the mean over the rows where mask is True", f"with {n} real rows of {K3_ROWS}, the mean of all rows",
+                fail("the mean over the rows where mask is True",
+                     f"with {n} real rows of {K3_ROWS}, the mean of all rows",
                      "the padding rows must not count: weight each row by the mask (0 or 1) and divide by the "
                      "number of real rows, mask.sum()")
             fail("the mean over the rows where mask is True", f"with {n} real rows of {K3_ROWS}, a different vector",
@@ -1067,6 +1079,8 @@ def _k6_make_step():
         graph.replay()
         return static_out  # valid until the next replay
 
+    step.keep_alive = (w, b, static_in)  # a graph does not keep the tensors it reads alive
+
     return step
 
 
@@ -1312,20 +1326,16 @@ class GraphCache:
         graph.replay()
         return out.clone()
 '''
-K8_HIDDEN, K8_LAYERS, K8_REQUESTS, K8_MAX_LEN = 64, 6, 48, 64
+K8_HIDDEN, K8_LAYERS, K8_REQUESTS, K8_MAX_LEN = 32, 8, 40, 64
 K8_MAX_GRAPHS = 8
 K8_MIN_SPEEDUP = 2.0
-
-
-def _k8_weights():
-    return [_randn(900 + i, K8_HIDDEN, K8_HIDDEN) / 8 for i in range(K8_LAYERS)]
 
 
 def _k8_model():
     """A row-wise stack of small layers: each token's row is computed on its own."""
     import torch
 
-    weights = _k8_weights()
+    weights = [_randn(900 + i, K8_HIDDEN, K8_HIDDEN) / 6 for i in range(K8_LAYERS)]
 
     def mlp(x):
         for w in weights:
@@ -1341,69 +1351,44 @@ def _k8_requests():
     return [_randn(950 + i, n, K8_HIDDEN) for i, n in enumerate(lengths)]
 
 
-def _k8_serve(cache_cls, fn, requests):
-    """One fresh cache serving every request; returns (outputs, cache, watch)."""
-    with _watching() as watch:
-        cache = cache_cls(fn)
-        outs = [cache(x) for x in requests]
-    return outs, cache, watch
-
-
-def _k8_time(cache_cls, fn, requests):
+def _k8_serve(cache_cls, fn, requests) -> dict:
+    """A fresh cache serves every request, timed (host time, device synchronised at both ends);
+    captures and replays are counted on the side."""
     from graphlab_utils import timing
 
     holder = {}
 
     def serve_all():
-        holder["cache"] = cache = cache_cls(fn)
-        for x in requests:
-            cache(x)
+        cache = cache_cls(fn)
+        holder["outs"] = [cache(x) for x in requests]
 
-    return timing.measure_host(serve_all)
+    with _watching(spy=False) as watch:
+        elapsed = timing.measure_host(serve_all)
+    return {"time": elapsed, "outs": holder["outs"], "captures": watch.captures, "replays": watch.replays}
 
 
-def _k8_run(cache_cls, timed: bool = True) -> dict:
+def _k8_setup():
     fn = _k8_model()
     requests = _k8_requests()
-    for x in requests:  # lazy initialisation (libraries, allocator) before anything is timed
-        fn(x)
-    outs, cache, watch = _k8_serve(cache_cls, fn, requests)
-    correct = all(_close(o, fn(x), rtol=1e-4, atol=1e-5) for o, x in zip(outs, requests))
-    result = {"correct": correct, "captures": watch.captures, "replays": watch.replays,
-              "distinct_lengths": len({x.shape[0] for x in requests}), "requests": len(requests)}
-    if timed:
-        broken = get("rerecord-every-call").broken()
-        result["time_broken"] = _k8_time(broken, fn, requests)
-        result["time_answer"] = _k8_time(cache_cls, fn, requests)
-
-        def eager():
-            for x in requests:
-                fn(x)
-
-        from graphlab_utils import timing
-
-        result["time_eager"] = timing.measure_host(eager)
-    return result
+    fn(requests[0])  # lazy initialisation (libraries, allocator) before anything is timed
+    return fn, requests
 
 
 def _k8_demo(cache_cls) -> None:
     from graphlab_utils import timing
 
-    fn = _k8_model()
-    requests = _k8_requests()
-    for x in requests:
-        fn(x)
-    _outs, _cache, watch = _k8_serve(cache_cls, fn, requests)
-    t_graph = _k8_time(cache_cls, fn, requests)
+    fn, requests = _k8_setup()
+    served = _k8_serve(cache_cls, fn, requests)
 
     def eager():
         for x in requests:
             fn(x)
 
     t_eager = timing.measure_host(eager)
+    t_graph = served["time"]
     print(f"{len(requests)} requests of {len({x.shape[0] for x in requests})} different lengths: "
-          f"{watch.captures} graphs captured, {watch.replays} replays")
-    print(f"serving them with the graph cache: {timing.format_ms(t_graph.ms)}; eagerly: "
+          f"{served['captures']} graphs captured, {served['replays']} replays")
+    print(f"serving them through the graph cache: {timing.format_ms(t_graph.ms)}; eagerly: "
           f"{timing.format_ms(t_eager.ms)} ({t_graph.label})")
     print("the graph cache is slower than eager:", t_graph.ms > t_eager.ms)
 
@@ -1416,23 +1401,27 @@ def check_graph_cache(cache_cls):
 
     ok(isinstance(cache_cls, type), "the fixed GraphCache class", type(cache_cls).__name__,
        "pass the class itself, not an instance")
-    r = _k8_run(cache_cls)
-    ok(r["correct"], "every request's result equal to eager (same rows, same length)",
-       "some results differ from eager",
+    fn, requests = _k8_setup()
+    broken = _k8_serve(get("rerecord-every-call").broken(), fn, requests)
+    answer = _k8_serve(cache_cls, fn, requests)
+    wrong = [i for i, (o, x) in enumerate(zip(answer["outs"], requests)) if not _close(o, fn(x))]
+    ok(not wrong, "every request's result equal to eager (same rows, same length)",
+       f"{len(wrong)} of {len(requests)} results differ from eager (the first: a request of length "
+       f"{requests[wrong[0]].shape[0] if wrong else 0})",
        "pad the input up to its bucket with zeros, copy it into the bucket's static input, replay, and "
        "return the first n rows of the output (a clone)")
-    ok(r["replays"] >= r["requests"], "one replay per request", f"{r['replays']} replays for {r['requests']} requests",
-       "every request must go through a captured graph")
-    ok(r["captures"] <= K8_MAX_GRAPHS,
-       f"at most {K8_MAX_GRAPHS} graphs for lengths 1..{K8_MAX_LEN}",
-       f"{r['captures']} graphs captured for {r['distinct_lengths']} different lengths",
+    ok(answer["replays"] >= len(requests), "one replay per request",
+       f"{answer['replays']} replays for {len(requests)} requests", "every request must go through a captured graph")
+    distinct = len({x.shape[0] for x in requests})
+    ok(answer["captures"] <= K8_MAX_GRAPHS, f"at most {K8_MAX_GRAPHS} graphs for lengths 1..{K8_MAX_LEN}",
+       f"{answer['captures']} graphs captured for {distinct} different lengths",
        "a graph is specialised to its shapes, so keying graphs by the exact length captures anew for almost "
        "every request. Round each length up to a bucket (1, 2, 4, ..., 64), capture one graph per bucket, "
        "pad the input with zeros and slice the output.")
-    speedup = timing.speedup(r["time_broken"], r["time_answer"])
+    speedup = timing.speedup(broken["time"], answer["time"])
     ok(speedup >= K8_MIN_SPEEDUP,
        f"serving at least {K8_MIN_SPEEDUP:g}x faster than the cache keyed by exact shape",
-       f"{timing.format_ratio(speedup)} ({r['time_answer'].label})",
+       f"{timing.format_ratio(speedup)} ({answer['time'].label})",
        "captures are expensive (warm-up, capture, instantiate); once each bucket has its graph, a request "
        "costs one copy, one replay and one slice")
 
@@ -1468,8 +1457,9 @@ _register(Kata(
         "graph on top. Bucketing fixes it: round the length up (1, 2, 4, ..., 64), capture one graph per "
         "bucket, pad with zeros, slice the result. After at most 7 captures every request is a replay. The "
         "price is padding work, and a model must be row-wise (or masked) for padding to be harmless. "
-        "torch.compile's `mode=\"reduce-overhead\"` has the same failure, and PyTorch added limits on "
-        "re-recording for it. Lesson 05 builds the bucketed runner."),
+        "torch.compile's `mode=\"reduce-overhead\"` can fall into the same trap with dynamic shapes; "
+        "PyTorch warns when it keeps re-recording and has settings to skip or bound it. Lesson 05 builds the "
+        "bucketed runner."),
     checker=check_graph_cache,
     demo=_k8_demo,
 ))
@@ -1683,7 +1673,8 @@ def check_noisy_step(make_noisy_step):
        "pass the function itself")
     generator = torch.Generator(device=_device()).manual_seed(7)
     try:
-        with _watching():
+        with _watching(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The CUDA Graph is empty")  # after a refused draw
             step = make_noisy_step(torch.zeros(*K10_SHAPE, device=_device()), generator)
     except Exception as exc:  # noqa: BLE001
         if isinstance(exc, _Refused):
@@ -1697,16 +1688,17 @@ def check_noisy_step(make_noisy_step):
        "step must copy the latent in and replay the graph captured once")
     ok(all(isinstance(n, torch.Tensor) and tuple(n.shape) == K10_SHAPE for n in first),
        f"tensors of shape {K10_SHAPE}", _describe(first[0]), "return latent + 0.5 * noise, the latent's shape")
-    ok(not torch.allclose(first[0], first[1]), "new noise on every replay", "the same noise twice",
+    ok(not _close(first[0], first[1], rtol=1e-4, atol=1e-4), "new noise on every replay", "the same noise twice",
        "the noise must be drawn inside the graph, from the generator, so each replay draws anew")
     again = _k10_sequence(step, generator, 7)
-    ok(all(_close(a, b) for a, b in zip(first, again)),
+    ok(all(_close(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(first, again)),
        "the same noise sequence after generator.manual_seed(7) again",
        "a different sequence: the noise does not follow the request's generator",
        "draw from the generator you were given (generator=generator), registered with the graph: a replay "
        "then continues that generator's sequence, so a request's seed reproduces its images")
     other = _k10_sequence(step, generator, 8)
-    ok(not _close(first[0], other[0]), "different noise for a different seed", "the same noise for seeds 7 and 8",
+    ok(not _close(first[0], other[0], rtol=1e-4, atol=1e-4), "different noise for a different seed",
+       "the same noise for seeds 7 and 8",
        "the noise must come from the request's generator")
     allnoise = torch.stack(first)
     mean, std = float(allnoise.mean()), float(allnoise.std())

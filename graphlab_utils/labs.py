@@ -17,7 +17,7 @@ A solution notebook marks what the learner writes:
   a cell left empty is dropped.
 
 Every output and execution count is cleared; notebook and cell metadata are kept, except
-the notebook's saved widget state (an output too). The result is deterministic: the same
+the notebook's saved widget state and the cells' run timestamps (outputs too). The result is deterministic: the same
 solution gives the same bytes.
 
 ``--check`` regenerates in memory and compares with ``labs/``: stale, missing and
@@ -152,6 +152,7 @@ def lab_from_solution(nb, name: str = "notebook"):
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+            cell.metadata.pop("execution", None)  # run timestamps belong to the outputs too
         cells.append(cell)
     lab.cells = cells
     lab.metadata.pop("widgets", None)  # saved widget state belongs to the outputs

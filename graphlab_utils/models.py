@@ -11,12 +11,13 @@ The pieces, in the order a request meets them:
   channels, 32x32 latents and 50 steps; on the simulator (a CPU that pays Python overhead
   for every op) 32 channels, 16x16 latents and 10 steps. The code is the same.
 * :class:`TinyUNet`: ``unet(x, t, context) -> eps``. A sinusoidal timestep embedding
-  computed from a timestep **tensor**, residual blocks with group norm, one attention block
-  (self-attention and cross-attention to the prompt embedding through
-  ``F.scaled_dot_product_attention``) at the lowest resolution and in the middle,
-  down- and up-sampling with skip connections. About 300 aten ops per call at 64 channels
-  (:func:`count_ops`): enough kernels that at batch 1 a GPU waits for the CPU to launch them.
-  Arguments are positional tensors only, as ``torch.cuda.make_graphed_callables`` wants.
+  computed from a timestep **tensor** (plus a pooled projection of the prompt), residual
+  blocks with group norm, attention blocks (self-attention over the pixels, then
+  cross-attention to the prompt embedding, both through ``F.scaled_dot_product_attention``)
+  at the two lower resolutions and in the middle, down- and up-sampling with skip
+  connections. About 260 aten ops per call, views not counted (:func:`count_ops`), each at
+  least one kernel on a GPU: at batch 1 the GPU waits for the CPU to launch them. Arguments
+  are positional tensors only, as ``torch.cuda.make_graphed_callables`` wants.
 * :class:`DDIMSchedule`: the scheduler's numbers precomputed once as **device tables**
   (``alphas_cumprod``, ``timesteps``, ``coef_x``, ``coef_eps``) that a step reads with
   ``index_select`` at a step-index **tensor**; the same numbers as Python floats
@@ -40,8 +41,7 @@ The pieces, in the order a request meets them:
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -128,7 +128,7 @@ def timestep_embedding(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
     ``t`` is a tensor on purpose: a Python number here would be baked into a captured graph.
     """
-    args = t[:, None].float() * freqs[None, :]
+    args = t[:, None].to(freqs.dtype) * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -353,7 +353,9 @@ def denoise_step(unet, sched: DDIMSchedule, x, step, context, guidance=None):
         eps = eps_uncond + guidance * (eps_cond - eps_uncond)
     else:
         eps = unet(x, t.expand(x.shape[0]), context)
-    return x * sched.coef_x.index_select(0, step) + eps * sched.coef_eps.index_select(0, step)
+    coef_x = sched.coef_x.index_select(0, step).to(x.dtype)  # .to(): no kernel when the dtype is the same
+    coef_eps = sched.coef_eps.index_select(0, step).to(x.dtype)
+    return x * coef_x + eps * coef_eps
 
 
 def denoise_step_baked(unet, sched: DDIMSchedule, x, i: int, context, guidance: float | None = None):

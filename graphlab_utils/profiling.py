@@ -55,6 +55,7 @@ __all__ = [
     "GraphCalls",
     "Span",
     "Trace",
+    "chrome_trace_json",
     "classify_host",
     "count_graph_calls",
     "export_chrome_trace",

@@ -27,7 +27,7 @@ import json
 import random
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GraphlabError
@@ -291,10 +291,36 @@ def grade(qid, answer) -> Grade:
 
 
 # -- text ------------------------------------------------------------------------------------
+_CJK = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+_CLOSING = ")]}.,;:!?）】」』。，、；：！？"
+
+
+def _fill_cjk(par: str, width: int, indent: str, hanging: str) -> str:
+    """Greedy fill for text with Chinese: each Chinese character is a two-column word."""
+    tokens = re.findall(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]|[^\s\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]+|\s+", par)
+    lines, line, used = [], indent, len(indent)
+    for tok in tokens:
+        w = 2 * len(tok) if _CJK.match(tok) else len(tok)
+        if tok.isspace():
+            if used + 1 <= width:
+                line, used = line + " ", used + 1
+            continue
+        if used + w > width and line.strip() and tok[0] not in _CLOSING:
+            lines.append(line.rstrip())
+            line, used = hanging, len(hanging)
+        line, used = line + tok, used + w
+    lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
 def _wrap(text: str, width: int, indent: str = "", hanging: str | None = None) -> str:
+    """Fill each paragraph to ``width`` columns (a Chinese character counts two)."""
+    hanging = indent if hanging is None else hanging
     return "\n".join(
-        textwrap.fill(par, width=width, initial_indent=indent,
-                      subsequent_indent=indent if hanging is None else hanging,
+        _fill_cjk(par, width, indent, hanging) if _CJK.search(par) else
+        textwrap.fill(par, width=width, initial_indent=indent, subsequent_indent=hanging,
                       break_long_words=False, break_on_hyphens=False)
         for par in text.split("\n"))
 
@@ -322,7 +348,7 @@ def reveal(qid, width: int = 88) -> str:
     if q.answer_zh:
         lines.append(_wrap(f"study guide (中文): {q.answer_zh}", width))
     if q.kind == "free":
-        lines.append("key points: " + "; ".join(k.point for k in q.key_points))
+        lines.append(_wrap("key points: " + "; ".join(k.point for k in q.key_points), width))
     lines.append(_wrap(f"why: {q.why}", width))
     proof = f'quiz.prove("{q.id}")' if q.proof else "none: it is a fact about a code base or a tool"
     lines.append(f"proof: {proof} | lesson: {q.lesson}")
@@ -399,12 +425,20 @@ def _reveal_html(q: Question) -> str:
     if q.kind == "free":
         parts.append("<p><b>Key points.</b> " + "; ".join(_inline_html(k.point) for k in q.key_points) + "</p>")
     parts.append(f"<p><b>Why.</b> {_inline_html(q.why)}</p>")
-    return '<div class="graphlab-quiz-reveal" style="border-left:3px solid #8c959f;padding-left:8px">' + "".join(parts) + "</div>"
+    return '<div class="graphlab-quiz-model-answer" style="border-left:3px solid #8c959f;padding-left:8px">' + "".join(parts) + "</div>"
+
+
+# Radio labels are one fixed-height line in ipywidgets' stylesheet; let long options wrap.
+_STYLE = ("<style>.graphlab-quiz .widget-radio-box label, .graphlab-quiz .jupyter-widget-radio-box label "
+          "{display: flex; flex-direction: row-reverse; justify-content: flex-end; align-items: flex-start; "
+          "height: auto; line-height: 1.35; white-space: normal; margin: 2px 0 4px 0;} "
+          ".graphlab-quiz .widget-radio-box label input, .graphlab-quiz .jupyter-widget-radio-box label input "
+          "{flex: none; float: none; height: 1.35em; margin: 0 6px 0 1px;}</style>")
 
 
 def _card_html(q: Question) -> str:
     zh = f"<p style='color:#57606a'>原文 (study guide): {_inline_html(q.question_zh)}</p>" if q.question_zh else ""
-    return (f"<div class='graphlab-quiz-card'><div style='color:#57606a;font-size:90%'>module {q.module} · "
+    return (f"{_STYLE}<div class='graphlab-quiz-card'><div style='color:#57606a;font-size:90%'>module {q.module} · "
             f"{html.escape(q.module_title)} · {q.id}</div><div style='font-weight:600;margin:2px 0'>"
             f"{_inline_html(q.title)}</div><p>{_inline_html(q.question)}</p>{zh}</div>")
 
@@ -430,7 +464,8 @@ def widget(qid):
             return data
 
     if q.kind == "choice":
-        answer = w.RadioButtons(options=[(f"{letter}) {opt}", letter) for letter, opt in zip(LETTERS, q.options)],
+        answer = w.RadioButtons(options=[(f"{letter}) {opt.replace('`', '')}", letter)  # labels are plain text
+                                         for letter, opt in zip(LETTERS, q.options)],
                                 value=None, layout=w.Layout(width="auto"))
     else:
         answer = w.Textarea(placeholder="Your answer, as you would say it in the interview (English or Chinese)",

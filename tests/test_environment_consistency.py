@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONDA_TO_PIP = {"pytorch": "torch"}
+CONDA_TO_PIP = {"pytorch": "torch", "playwright-python": "playwright"}
 NOT_IN_PYPROJECT = {"python", "pip"}  # conda needs them; pip gets them from requires-python
 
 
@@ -169,6 +169,7 @@ def test_ci_runs_the_readme_test_command():
         line for line in lines[1:]
         if line and not line.startswith("#")
         and not line.startswith("set ") and not line.startswith("cd ")
+        and not line.startswith("if ! command -v chromium")  # installs the browser test's Chromium
     ]
     readme_test = [c for c in readme_first_code_block() if c.startswith("make test")]
     assert readme_test == ["make test"]
@@ -177,7 +178,8 @@ def test_ci_runs_the_readme_test_command():
 
 def test_makefile_has_the_readme_targets():
     makefile = (REPO / "Makefile").read_text()
-    for target in ("env", "lab", "test", "labs", "doctor"):
+    for target in ("env", "lab", "test", "test-gpu", "labs", "doctor"):
         assert re.search(rf"^{target}:", makefile, re.MULTILINE), target
-    assert "test-gpu" not in makefile
+    # the GPU command runs the GPU verification and writes its report
+    assert "tools/gpu/test_gpu.py" in makefile
     assert os.path.exists(REPO / "tests" / "nbval_sanitize.cfg")

@@ -509,8 +509,10 @@ fig.tight_layout()
 plt.show()"""
 
 L_FIT_MD = """\
-Both curves are straight lines in `n`: a fixed cost plus a cost per kernel. A least-squares
-fit over `n ≥ 10` gives the two figures that decide everything in this lesson:
+Both curves are straight lines in `n`: a fixed cost plus a cost per kernel. A straight-line
+fit over `n ≥ 10` gives the two figures that decide everything in this lesson. (The fit is
+Theil–Sen's: the median of the slopes between pairs of points, so that one noisy
+measurement cannot pull the line.)
 
 * the slope of the eager line is the **per-kernel CPU launch cost** (Python, PyTorch's
   dispatcher, `cudaLaunchKernel`): the GPU finishes each tiny kernel sooner, so the CPU sets
@@ -521,9 +523,17 @@ fit over `n ≥ 10` gives the two figures that decide everything in this lesson:
 
 L_FIT_CODE = """\
 # NBVAL_IGNORE_OUTPUT
-fit_n = np.array([n for n in COUNTS if n >= 10], dtype=float)
-launch_us, eager_fixed_us = np.polyfit(fit_n, [sweep[int(n)][0].us for n in fit_n], 1)
-node_us, replay_fixed_us = np.polyfit(fit_n, [sweep[int(n)][1].us for n in fit_n], 1)
+def line_fit(xs, ys):
+    \"\"\"Theil-Sen: the median pairwise slope, then the median intercept.\"\"\"
+    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i])
+              for i in range(len(xs)) for j in range(i + 1, len(xs))]
+    slope = float(np.median(slopes))
+    return slope, float(np.median([y - slope * x for x, y in zip(xs, ys)]))
+
+
+fit_n = [n for n in COUNTS if n >= 10]
+launch_us, eager_fixed_us = line_fit(fit_n, [sweep[n][0].us for n in fit_n])
+node_us, replay_fixed_us = line_fit(fit_n, [sweep[n][1].us for n in fit_n])
 
 def modelled_or_measured(us):
     \"\"\"A fitted figure, labelled like every timing of the course.\"\"\"

@@ -180,7 +180,10 @@ x_in, t_in = torch.cat([latents, latents]), torch.full((2,), 500.0, device=DEVIC
 ops = models.count_ops(unet, x_in, t_in, context)
 n_ops = sum(ops.values())
 print("aten ops per UNet call (views not counted): between 200 and 400:", 200 <= n_ops <= 400)
-print("most frequent:", ", ".join(sorted(ops, key=ops.get, reverse=True)[:5]))
+"""),
+    code("""
+# NBVAL_IGNORE_OUTPUT
+print(n_ops, "aten ops; the most frequent:", ", ".join(f"{name} {ops[name]}" for name in sorted(ops, key=ops.get, reverse=True)[:6]))
 """),
     md("""
 Each of those ops is at least one kernel launch, and at batch 1 most kernels take a few
@@ -476,7 +479,7 @@ print("batch 4: one graph per step is faster than eager:", t_step4.ms < t_eager4
 print(f"batch 1: {timing.format_ratio(timing.speedup(t_eager, t_step))} faster than eager, "
       f"{t_step.ms:.2f} ms per image")
 print(f"batch 4: {timing.format_ratio(timing.speedup(t_eager4, t_step4))} faster than eager, "
-      f"{t_step4.ms / 4:.2f} ms per image ({timing.label()})")
+      f"{t_step4.ms / 4:.2f} ms per image; {timing.label()}")
 """),
     md("""
 ---
@@ -561,7 +564,8 @@ find the trap in review: no `float(...)`, `.item()` or Python-list lookup inside
 function, and no Python number that changes between calls in any op's arguments.
 
 The trap has relatives: a Python `if` on the step (lesson 03), `torch.tensor([t],
-device=...)` (a host-to-device copy of a value fixed at capture), a scheduler object that
+device=...)` (a copy from the host: at best a value fixed at capture, at worst a failed
+capture), a scheduler object that
 keeps `self.step_index` as a Python int. `torch.cuda.make_graphed_callables` refuses the
 float outright (next section); a hand-written capture does not.
 """),
@@ -601,7 +605,7 @@ a = serve_first_step(*models.make_request(1, 1, cfg, DEVICE))
 b = serve_first_step(*models.make_request(2, 1, cfg, DEVICE))
 lat1, pr1 = models.make_request(1, 1, cfg, DEVICE)
 eager_first = models.denoise_step(unet, sched, lat1, step0, models.guidance_context(pr1), static_scale)
-print("two different requests get the same result (stale):", torch.equal(a, b))
+print("two different requests get the same result (stale):", close(a, b))
 print("the result equals eager for the request:", close(a, eager_first))
 print("the result equals eager for the warm-up's dummy:", close(a, warm_step(dummy_x, dummy_ctx)))
 """),
@@ -911,6 +915,257 @@ with a runnable proof, and broken snippets to fix.
 """),
 ]
 
+# =======================================================================================
+# The lab (solutions/ is its single source; `graphlab build-labs` writes labs/)
+# =======================================================================================
+SOLUTION = [
+    md(f"""
+# Lab 09 · Capstone: a diffusion graph runner
+
+[![Open In Colab]({BADGE})]({colab("labs")})
+
+Exercises for [lesson 09](../notebooks/09_diffusion_warmup.ipynb). You will build, piece by
+piece, the graph runner of a diffusion server:
+
+* **capture** one denoising step on static buffers, with the timestep fed as device data;
+* **serve** a request with that graph: copy in, set the step, replay, copy back, clone out;
+* **build** a runner that captures one graph per signature at warm-up, replays on a hit,
+  falls back to eager sampling on a miss and counts it, and bounds its number of graphs;
+* **measure** a hit against eager sampling.
+
+The lab runs the lesson's UNet and DDIM sampler at a small size (16 channels, 8x8 latents,
+4 steps), the same on a GPU and on the simulator, so that the checks stay quick. Each
+exercise cell holds `# YOUR CODE HERE` and a `raise NotImplementedError(...)`: replace both
+with your code, run the cell, then run the check below it. A check prints one line when your
+answer is right; otherwise it says what it expected, what it saw, and the idea that explains
+the difference. Hints are folded under *Hint*.
+"""),
+    md("""
+---
+## Setup
+"""),
+    code(SETUP.replace("import torch\n", "import collections\n\nimport torch\n") + """
+from graphlab_utils import models, timing
+from graphlab_utils.checks.lesson09 import (LAB_CONFIG, check_capture_step, check_runner,
+                                            check_runner_speed, check_sample_with_graph, lab_model)
+
+unet, sched = lab_model(DEVICE)   # the lesson's UNet and DDIM schedule at the lab's size
+GUIDANCE = models.GUIDANCE"""),
+    md("""
+What you work with, all from `graphlab_utils.models` (lesson 09 shows each one):
+
+| name | what |
+|---|---|
+| `models.denoise_step(unet, sched, x, step, context, scale)` | one DDIM step; `step` is a (1,) int64 tensor, `scale` a (1,) tensor (or `None`: no guidance); with guidance `context` holds 2B rows, the empty prompt first |
+| `models.StaticBuffers.for_model(unet, batch, size, guidance)` | the buffers a graph reads: `.x`, `.context`, `.step`, `.scale`, filled with dummies; `.load(latents, prompt, guidance)` copies a request in |
+| `models.side_stream_warm_up(fn)` | PyTorch's recipe before a capture |
+| `models.sample(unet, sched, latents, prompt, guidance)` | the eager reference sampler |
+| `models.make_request(seed, batch, config, device, size=None)` | seeded initial latents and prompt embedding |
+| `models.Signature(batch, size, guidance, dtype)`, `models.signature_of(latents, guidance)` | what a graph is specialised for, and a request's |
+| `sched.steps`, `sched.step_tensors[i]` | the number of steps; a (1,) int64 device tensor holding `i` |
+"""),
+    md("""
+---
+## Exercise 1 · Capture one step
+
+Write `capture_step(unet, sched, static, pool=None)`: warm up, then capture **one**
+denoising step that reads **only** the static buffers of `static` (the latents, the context,
+the step index and the guidance scale), into a new `torch.cuda.CUDAGraph` (in memory pool
+`pool` when one is given). Return `(graph, out)`, where `out` is what the step returned
+inside the capture.
+
+The check loads requests into `static`, writes step indices into `static.step`, replays, and
+compares `out` with eager steps, guided (batch 1) and unguided (batch 2).
+
+<details><summary>Hint</summary>
+
+```python
+def step():
+    return models.denoise_step(unet, sched, static.x, static.step, static.context, static.scale)
+```
+
+Warm it up with `models.side_stream_warm_up(step)`, then capture it with
+`with torch.cuda.graph(graph, pool=pool):`. Do not write `sched.timesteps_host[i]`,
+`float(...)` or a literal guidance scale inside the step: a Python number is baked into the
+graph at capture (the timestep trap).
+</details>
+"""),
+    code("""
+def capture_step(unet, sched, static, pool=None):
+    \"\"\"Capture one denoising step that reads the buffers of `static`. Return (graph, out).\"\"\"
+    ### BEGIN SOLUTION capture one step on the static buffers
+    def step():
+        return models.denoise_step(unet, sched, static.x, static.step, static.context, static.scale)
+
+    models.side_stream_warm_up(step)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = step()
+    return graph, out
+    ### END SOLUTION
+"""),
+    code("""
+check_capture_step(capture_step)
+"""),
+    md("""
+Try it: capture on dummies, then replay step 2 for a real request.
+"""),
+    code("""
+static = models.StaticBuffers.for_model(unet, batch=1, guidance=True)   # dummies (zeros)
+graph, out = capture_step(unet, sched, static)
+latents, prompt = models.make_request(seed=1, batch=1, config=LAB_CONFIG, device=DEVICE)
+static.load(latents, prompt, GUIDANCE)
+static.step.fill_(2)
+graph.replay()
+eager = models.denoise_step(unet, sched, latents, sched.step_tensors[2], models.guidance_context(prompt),
+                            torch.full((1,), GUIDANCE, device=DEVICE))
+print("step 2 replayed for a real request equals eager:", models.relative_error(out, eager) < 1e-3)
+"""),
+    md("""
+---
+## Exercise 2 · Serve a request with the step graph
+
+Write `sample_with_graph(graph, out, static, sched, latents, prompt, guidance)`: the final
+latents of DDIM sampling for the request, computed with `graph` (captured by a correct
+`capture_step` on `static`; `out` is its output). Replay **once per step**. The caller keeps
+the result while later requests are served.
+
+<details><summary>Hint</summary>
+
+Load the request into the static buffers (`static.load(latents, prompt, guidance)`). Then for
+each step `i`: write `i` into `static.step` (`fill_`), replay, and copy `out` back into
+`static.x` (the next step starts from it). Return `static.x.clone()`: the buffers belong to
+the next request. The check tells you which of these is missing.
+</details>
+"""),
+    code("""
+def sample_with_graph(graph, out, static, sched, latents, prompt, guidance=GUIDANCE):
+    \"\"\"Serve one request with the step graph; return its final latents.\"\"\"
+    ### BEGIN SOLUTION serve one request with the step graph
+    static.load(latents, prompt, guidance)
+    for i in range(sched.steps):
+        static.step.fill_(i)
+        graph.replay()
+        static.x.copy_(out)
+    return static.x.clone()
+    ### END SOLUTION
+"""),
+    code("""
+check_sample_with_graph(sample_with_graph)
+"""),
+    code("""
+for seed, guidance in ((2, GUIDANCE), (3, 4.0)):
+    latents, prompt = models.make_request(seed, 1, LAB_CONFIG, DEVICE)
+    got = sample_with_graph(graph, out, static, sched, latents, prompt, guidance)
+    want = models.sample(unet, sched, latents, prompt, guidance)
+    print(f"request {seed}, guidance {guidance}: equals eager sampling:", models.relative_error(got, want) < 1e-3)
+"""),
+    md("""
+---
+## Exercise 3 · The runner
+
+Write a class `Runner(unet, sched, signatures, max_graphs=4)`:
+
+* `__init__` is the **warm-up**: capture one step graph per signature of `signatures`
+  (`models.Signature(batch, size, guidance, dtype)`), each with its own `StaticBuffers`, all
+  in one memory pool (`torch.cuda.graph_pool_handle()`), the largest first. Hold **at most
+  `max_graphs`** graphs: refuse the rest, or keep the most recently used (your choice).
+  Keep them in `self.graphs`, a dict keyed by signature; set `self.misses = 0`.
+* `runner(latents, prompt, guidance=GUIDANCE)` returns the final latents. A request whose
+  signature (`models.signature_of(latents, guidance)`) has a graph is served by it (exercise 2)
+  without running the model eagerly; any other request is a **miss**: serve it with
+  `models.sample(...)` and add 1 to `self.misses`.
+
+The check serves requests of several signatures, seeds and guidance scales (some hits, some
+misses) and compares each result with eager sampling; it watches whether the model ran
+eagerly; and it gives a second runner four signatures and room for two.
+
+<details><summary>Hint</summary>
+
+In `__init__`, sort the signatures by size (`s.batch * s.size ** 2`, doubled when guided),
+largest first, and for the first `max_graphs` of them:
+
+```python
+static = models.StaticBuffers.for_model(unet, sig.batch, sig.size, sig.guidance)
+graph, out = capture_step(unet, sched, static, self.pool)
+self.graphs[models.Signature(*sig)] = (graph, out, static)
+```
+
+In `__call__`, look the request's signature up in `self.graphs`; on a hit, call your
+`sample_with_graph` with what you stored.
+</details>
+"""),
+    code("""
+class Runner:
+    \"\"\"Step graphs keyed by signature, captured at warm-up; eager (and counted) on a miss.\"\"\"
+
+    def __init__(self, unet, sched, signatures, max_graphs=4):
+        ### BEGIN SOLUTION warm up: one graph per signature, at most max_graphs
+        self.unet, self.sched = unet, sched
+        self.graphs = {}
+        self.misses = 0
+        self.pool = torch.cuda.graph_pool_handle()
+        largest_first = sorted(signatures, key=lambda s: s.batch * s.size ** 2 * (2 if s.guidance else 1), reverse=True)
+        for sig in largest_first[:max_graphs]:  # refuse beyond max_graphs
+            static = models.StaticBuffers.for_model(unet, sig.batch, sig.size, sig.guidance)
+            graph, out = capture_step(unet, sched, static, self.pool)
+            self.graphs[models.Signature(*sig)] = (graph, out, static)
+        ### END SOLUTION
+
+    def __call__(self, latents, prompt, guidance=GUIDANCE):
+        ### BEGIN SOLUTION replay on a hit, eager and counted on a miss
+        sig = models.signature_of(latents, guidance)
+        if sig not in self.graphs:
+            self.misses += 1
+            return models.sample(self.unet, self.sched, latents, prompt, guidance)
+        graph, out, static = self.graphs[sig]
+        return sample_with_graph(graph, out, static, self.sched, latents, prompt, guidance)
+        ### END SOLUTION
+"""),
+    code("""
+check_runner(Runner)
+"""),
+    code("""
+check_runner_speed(Runner)
+"""),
+    md("""
+Your runner on a little traffic: two signatures warmed up, then requests of three.
+"""),
+    code("""
+size = LAB_CONFIG.size
+runner = Runner(unet, sched, [models.Signature(1, size, True), models.Signature(2, size, True)])
+traffic = [(40, 1, GUIDANCE), (41, 2, 5.0), (42, 1, None), (43, 1, 9.0), (44, 2, GUIDANCE)]
+same = []
+for seed, batch, guidance in traffic:
+    latents, prompt = models.make_request(seed, batch, LAB_CONFIG, DEVICE)
+    same.append(models.relative_error(runner(latents, prompt, guidance),
+                                      models.sample(unet, sched, latents, prompt, guidance)) < 1e-3)
+print(f"{len(traffic)} requests, each equal to eager sampling:", all(same))
+print("misses (the unguided request):", runner.misses)
+"""),
+    code("""
+# NBVAL_IGNORE_OUTPUT
+latents, prompt = models.make_request(50, 1, LAB_CONFIG, DEVICE)
+t_runner = timing.measure(lambda: runner(latents, prompt), warmup=1, repeat=5)
+t_eager = timing.measure(lambda: models.sample(unet, sched, latents, prompt), warmup=1, repeat=5)
+print(f"runner {t_runner}; eager {t_eager}; {timing.format_ratio(timing.speedup(t_eager, t_runner))} faster")
+"""),
+    md("""
+---
+## Wrap-up
+
+* A captured step reads every per-request and per-step number from static device buffers:
+  latents, context, step index, guidance scale. A Python number in the step is baked at
+  capture and repeats the warm-up's value forever.
+* Serving a request is `copy_` in, then per step `fill_` the index, replay, copy back; the
+  result is cloned out, because the buffers belong to the next request.
+* A runner captures one graph per signature at warm-up, in one pool, bounded in number;
+  misses run eagerly and are counted, so that the warm-up list can be fixed.
+
+**Next:** [lesson 10 · Interview drills](../notebooks/10_interview_drills.ipynb).
+"""),
+]
+
 
 def notebook(cells) -> nbformat.NotebookNode:
     nb = new_notebook(cells=cells, metadata=METADATA)
@@ -929,8 +1184,6 @@ def main() -> None:
         nbformat.write(notebook(LESSON), path)
         print(f"wrote {path.relative_to(REPO)}")
     if both or args.solution:
-        from build_lesson09_lab import SOLUTION  # noqa: PLC0415
-
         path = REPO / "solutions" / f"{STEM}.ipynb"
         nbformat.write(notebook(SOLUTION), path)
         print(f"wrote {path.relative_to(REPO)}")

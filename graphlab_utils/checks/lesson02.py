@@ -24,6 +24,7 @@ the notebook's globals) is checked in the notebook's process directly.
 from __future__ import annotations
 
 import builtins
+import importlib
 import inspect
 import textwrap
 import types
@@ -218,9 +219,17 @@ def _code_names(code: types.CodeType) -> set:
     return names
 
 
-def _library(obj) -> str | None:
-    module = getattr(obj, "__module__", None) or ""
-    return module if module.split(".")[0] in _LIBRARIES else None
+def _import_line(value, dep: str) -> str | None:
+    """``from torch.nn.functional import relu as dep`` for a library object, else None."""
+    module = getattr(value, "__module__", None) or ""
+    name = getattr(value, "__name__", None)
+    if module.split(".")[0] not in _LIBRARIES or not name:
+        return None
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except Exception:  # noqa: BLE001 - an odd module: send the function's source instead
+        return None
+    return f"from {module} import {name} as {dep}" if found is value else None
 
 
 def _source_of(fn) -> str:
@@ -245,20 +254,16 @@ def _ship(fn, name: str, lines: list, seen: set) -> None:
         if dep in _PREDEFINED or dep not in globals_ or dep == name:
             continue
         value = globals_[dep]
+        if getattr(builtins, dep, None) is value:
+            continue
         if isinstance(value, types.ModuleType):
             lines.append(f"import {value.__name__} as {dep}")
+        elif _import_line(value, dep):
+            lines.append(_import_line(value, dep))
         elif isinstance(value, types.FunctionType):
-            library = _library(value)
-            if library and getattr(value, "__qualname__", "") == value.__name__:
-                lines.append(f"from {library} import {value.__name__} as {dep}")
-            else:
-                _ship(value, dep, lines, seen)
+            _ship(value, dep, lines, seen)
         elif isinstance(value, (bool, int, float, str, type(None))):
             lines.append(f"{dep} = {value!r}")
-        elif isinstance(value, type) and _library(value):
-            lines.append(f"from {_library(value)} import {value.__name__} as {dep}")
-        elif getattr(builtins, dep, None) is value:
-            continue
         else:
             raise _NotShippable(f"{name} reads the global {dep!r} ({type(value).__name__})")
     src = _source_of(fn)

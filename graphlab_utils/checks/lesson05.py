@@ -379,7 +379,7 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
         what = f"call {i + 1}, a batch of {n}"
         ok(not any(capturing for _, capturing in new_calls),
            f"{what}: no capture at call time",
-           f"the model was captured again during the call",
+           "the model was captured again during the call",
            "capture every bucket once, in __init__; a call only copies the input in, replays and slices "
            "(a capture costs far more than it saves: lesson 01)")
         eager_rows = [rows for rows, _ in new_calls]

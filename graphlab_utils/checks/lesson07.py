@@ -49,7 +49,7 @@ LAYERS = 2  # the check's step: 2 layers of 3 elementwise kernels
 MEASURE_TOKENS = 32  # the static input of check_measure_capture: 32 tokens (2 MiB)
 BUCKETS = (2, 16, 1, 8, 4)  # given out of order on purpose: capture largest first
 BUDGET = 16 * MiB  # fits a correct answer on a GPU and on the simulator
-TINY_BUDGET = 4 * MiB  # too small for any correct answer: expect MemoryError
+TINY_BUDGET = MiB // 16  # less than one segment: no correct answer fits, expect MemoryError
 DIRTY_BYTES = 32 * MiB  # a freed block left in the allocator's cache before the learner's code runs
 RTOL, ATOL = 1e-4, 1e-5
 

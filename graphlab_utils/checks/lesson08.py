@@ -95,7 +95,7 @@ def warm_up(fn, n: int = 3) -> None:
 # The workloads
 # ---------------------------------------------------------------------------------------
 MODEL_SHAPE = (8, 512)
-MODEL_LAYERS = 32
+MODEL_LAYERS = 16
 
 
 def mystery_model(layers: int = MODEL_LAYERS, width: int = MODEL_SHAPE[1], seed: int = 8):
@@ -288,8 +288,8 @@ def check_runner(runner_cls):
 
     pool = requests(20, seed=3)
     it_e, it_r = iter(pool), iter(pool)
-    t_eager = timing.measure(lambda: model(next(it_e)), warmup=3, repeat=10)
-    t_runner = timing.measure(lambda: runner(next(it_r)), warmup=3, repeat=10)
+    t_eager = timing.measure(lambda: model(next(it_e)), warmup=2, repeat=8)
+    t_runner = timing.measure(lambda: runner(next(it_r)), warmup=2, repeat=8)
     gain = timing.speedup(t_eager, t_runner)
     where = "modelled" if t_eager.modelled else "measured"
     ok(gain >= _SPEEDUP_NEEDED,

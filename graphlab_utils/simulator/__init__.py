@@ -110,6 +110,10 @@ def install() -> None:
     for name, value in _tensor_names().items():
         saved[("tensor", name)] = torch.Tensor.__dict__.get(name)
         setattr(torch.Tensor, name, value)
+    # A new installation stands for a fresh process: a clean RNG, allocator and capture state.
+    _capture._rng["poisoned"] = False
+    _capture.Capture.live.clear()
+    _memory.ALLOCATOR.reset()
     mode = SimMode()
     mode.__enter__()
     _state.update(mode=mode, saved=saved)

@@ -284,6 +284,8 @@ class CUDAGraph:
             )
         s = current_stream()
         if s == DEFAULT_STREAM:
+            # On a GPU PyTorch has already put its CUDA generator in capture state (seen on an H100).
+            _rng["poisoned"] = True
             raise RuntimeError(
                 "CUDA graphs must be captured on a non-default stream. "
                 "(However, after capture, it's ok to replay them on the default stream.)"
@@ -328,12 +330,17 @@ class CUDAGraph:
             )
         self._template = SimGraphTemplate(cap.nodes)
         if not self.keep_graph:
-            self.instantiate()
+            self._instantiate()
 
     # -- execution ------------------------------------------------------------------------
     def instantiate(self) -> None:
+        self._instantiate()
+
+    def _instantiate(self) -> None:
         if self._template is None:
-            raise RuntimeError("Called CUDAGraph::instantiate without a preceding successful capture.")
+            if self._exec is not None and not self.keep_graph:
+                raise RuntimeError("instantiate() is intended to be called by the user only when keep_graph=true")
+            raise RuntimeError("capture_end() must have been called before calling instantiate")
         self._exec = SimGraphExec(self._template)
         CLOCK.host_work(cost_model().instantiate_us(len(self._exec.nodes)))
         if not self.keep_graph:
@@ -343,7 +350,7 @@ class CUDAGraph:
         if self._exec is None:
             if self._template is None:
                 raise RuntimeError("Called CUDAGraph::replay without a preceding successful capture.")
-            self.instantiate()
+            self._instantiate()
         s = current_stream()
         if s.capture is not None:
             raise RuntimeError("[graphlab simulator] replaying a graph inside another capture (a child graph) is not simulated.")

@@ -130,6 +130,10 @@ class Allocator:
         self.live_by_address: dict[int, Block] = {}  # address of a live block -> block
         self._freed = collections.deque()  # blocks whose last tensor died, merged lazily
 
+    def reset(self) -> None:
+        """Forget every pool and block: the state of a fresh process (tensors alive keep their bytes)."""
+        self.__init__()
+
     # -- pools ------------------------------------------------------------------------
     def new_pool_handle(self) -> tuple:
         return (0, next(self._next_id))

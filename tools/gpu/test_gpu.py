@@ -71,7 +71,14 @@ def phase_env(out: Path) -> dict:
 
 
 def phase_unit(out: Path) -> dict:
-    rc, text, secs = _run([sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"], timeout=1200)
+    cmd = [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"]
+    try:
+        import xdist  # noqa: F401 - several workers when pytest-xdist is there
+
+        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
+    except ImportError:
+        pass
+    rc, text, secs = _run(cmd, timeout=1200)
     return {"returncode": rc, "seconds": secs, "counts": _pytest_counts(text), "tail": text[-3000:]}
 
 
@@ -117,29 +124,38 @@ def phase_nbval(out: Path, pattern: str | None = None, jobs: int = 1) -> dict:
     return {"notebooks": results, "all_passed": all(r["passed"] for r in results.values()), "jobs": jobs}
 
 
-def phase_execute(out: Path, pattern: str | None = None) -> dict:
+def _execute_one(nb_path: str):
     import nbformat
     from nbclient import NotebookClient
 
-    done = {}
+    nb = nbformat.read(ROOT / nb_path, as_version=4)
+    t0 = time.time()
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str((ROOT / nb_path).parent)}}).execute()
+        status = {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - reported; the archive keeps what ran
+        status = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+    status["seconds"] = round(time.time() - t0, 1)
+    print(f"executed {nb_path}: {'ok' if status['ok'] else 'FAILED'} in {status['seconds']} s", flush=True)
+    return nb_path, nbformat.writes(nb).encode(), status
+
+
+def phase_execute(out: Path, pattern: str | None = None, jobs: int = 1) -> dict:
+    """Execute lessons on the GPU (several at a time) and keep them, outputs and all, for the report."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    notebooks = _notebooks(pattern or r"^notebooks/")
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        done = list(pool.map(_execute_one, notebooks))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for nb_path in _notebooks(pattern or r"^notebooks/"):
-            nb = nbformat.read(ROOT / nb_path, as_version=4)
-            t0 = time.time()
-            try:
-                NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-                done[nb_path] = {"ok": True}
-            except Exception as exc:  # noqa: BLE001 - reported, the archive keeps what ran
-                done[nb_path] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-            done[nb_path]["seconds"] = round(time.time() - t0, 1)
-            data = nbformat.writes(nb).encode()
+        for nb_path, data, _status in done:
             info = tarfile.TarInfo(nb_path)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-            print(f"executed {nb_path}: {'ok' if done[nb_path]['ok'] else 'FAILED'}", flush=True)
     (out / "executed.tar.gz").write_bytes(buf.getvalue())
-    return {"notebooks": done}
+    return {"notebooks": {nb_path: status for nb_path, _data, status in done}}
 
 
 def run_phases(out: Path, phases, pattern, jobs: int = 1) -> None:
@@ -147,10 +163,8 @@ def run_phases(out: Path, phases, pattern, jobs: int = 1) -> None:
     for phase in phases:
         fn = globals()[f"phase_{phase}"]
         print(f"=== {phase}", flush=True)
-        if phase == "nbval":
+        if phase in ("nbval", "execute"):
             result = fn(out, pattern, jobs)
-        elif phase == "execute":
-            result = fn(out, pattern)
         else:
             result = fn(out)
         (out / f"{phase}.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=str))

@@ -1,0 +1,151 @@
+"""`graphlab check`: reads check lines from a notebook's outputs, runs labs headless, and exits
+0 (all pass), 1 (some do not) or 2 (bad input, one sentence)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from graphlab_utils import grading
+
+REPO = Path(__file__).resolve().parents[1]
+# Lab 06 is one of the quickest labs to run (three checked exercises).
+STEM = "06_exec_update"
+
+
+def graphlab(*args, cwd=REPO):
+    env = dict(os.environ, GRAPHLAB_BACKEND="sim")
+    return subprocess.run([sys.executable, "-m", "graphlab_utils", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=900)
+
+
+def cell(source, text="", error=None):
+    c = new_code_cell(source)
+    if text:
+        c.outputs.append(new_output("stream", name="stdout", text=text))
+    if error:
+        c.outputs.append(new_output("error", ename=error[0], evalue=error[1], traceback=[]))
+    return c
+
+
+HINT = ("[HINT] fresh noise per replay: not yet.\n"
+        "  expected: new noise on every replay\n"
+        "  seen:     the same noise on all 4 replays\n"
+        "  idea:     draw it on the device\n")
+STUB = ("[HINT] one graph per branch: not yet.\n"
+        "  expected: your implementation\n"
+        "  seen:     the exercise stub still raises NotImplementedError\n"
+        "  idea:     replace the `raise NotImplementedError(...)` line with your code\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading outputs (no kernel)
+# ---------------------------------------------------------------------------------------
+def test_parse_pass_hint_stub_and_backend():
+    nb = new_notebook(cells=[
+        new_markdown_cell("# Lab"),
+        cell("S = gl.setup()", "graphlab: simulator backend (no NVIDIA GPU): torch.cuda graph API simulated; x\n"),
+        cell("r1 = check_device_select(f)", "[PASS] device-side selection: check passed\n"),
+        cell("r2 = check_branch_graphs(g)", STUB),
+        cell("r3 = check_fresh_noise(h)", HINT),
+    ])
+    rows, backend = grading.parse_outputs(nb)
+    assert backend == "simulator backend (no NVIDIA GPU)"
+    assert [(r.name, r.status) for r in rows] == [
+        ("device-side selection", "pass"), ("one graph per branch", "not done"), ("fresh noise per replay", "hint")]
+    assert rows[2].seen == "the same noise on all 4 replays" and rows[2].idea == "draw it on the device"
+
+
+def test_parse_cells_that_raised_and_repeated_checks():
+    nb = new_notebook(cells=[
+        cell("def f():\n    raise NotImplementedError", error=None),
+        cell("GAINS = make()\n", error=("NotImplementedError", "Exercise: write the missing code")),
+        cell("result = katas.check(\"kv-cache-reset\", KVCacheFixed)",
+             error=("NameError", "name 'KVCacheFixed' is not defined")),
+        cell("check_decoder(A)", "[PASS] decoder: check passed\n"),
+        cell("check_decoder(B)", "[PASS] decoder: check passed\n"),
+    ])
+    rows, _ = grading.parse_outputs(nb)
+    assert [(r.name, r.status) for r in rows] == [
+        ("cell 1: GAINS = make()", "not done"),
+        ('cell 2: katas.check("kv-cache-reset")', "error"),
+        ("decoder", "pass"),
+        ("decoder (cell 4)", "pass"),
+    ]
+
+
+def test_a_demo_cell_is_listed_but_not_graded():
+    nb = new_notebook(cells=[
+        cell("r = check_decoder(Fixed)", "[PASS] decoder: check passed\n"),
+        cell("# graphlab-check: demo\nr0 = check_decoder(Buggy)  # shows the hint",
+             HINT.replace("fresh noise per replay", "decoder")),
+    ])
+    rows, _ = grading.parse_outputs(nb)
+    report = grading.Report("x.ipynb", rows)
+    assert [r.status for r in rows] == ["pass", "demo"]
+    assert report.exit_code == 0 and report.passed == 1
+    text = grading.format_report(report)
+    assert "demo (not graded)" in text and "1 of 1 exercise pass. All done." in text
+
+
+def test_report_exit_codes_and_text():
+    rows = [grading.Exercise("a", "pass"), grading.Exercise("b", "hint", "x", "y", "z")]
+    report = grading.Report("lab.ipynb", rows, backend="simulator backend")
+    assert report.exit_code == 1
+    text = grading.format_report(report)
+    assert text.splitlines()[0] == "graphlab check: lab.ipynb (simulator backend)"
+    assert "    expected: x" in text and "1 of 2 exercises pass." in text
+    assert grading.Report("lab.ipynb", [rows[0]]).exit_code == 0
+    assert grading.Report("lab.ipynb", []).exit_code == 1
+    assert grading.Report("lab.ipynb", [rows[0]], stopped="DeadKernelError").exit_code == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: exit 2 and one sentence
+# ---------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    r = graphlab("check", str(tmp_path / "nope.ipynb"))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_not_a_notebook(tmp_path):
+    bad = tmp_path / "notes.ipynb"
+    bad.write_text("this is not JSON")
+    r = graphlab("check", str(bad))
+    assert r.returncode == 2 and "is not a Jupyter notebook" in r.stderr and "Traceback" not in r.stderr
+    r = graphlab("check", str(tmp_path))
+    assert r.returncode == 2 and "is not a file" in r.stderr
+
+
+def test_no_arguments_is_a_usage_error():
+    r = graphlab("check")
+    assert r.returncode == 2 and "notebook" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Running labs headless (the simulator backend)
+# ---------------------------------------------------------------------------------------
+def test_a_solved_lab_passes(tmp_path):
+    solved = tmp_path / f"{STEM}.ipynb"
+    shutil.copy(REPO / "solutions" / f"{STEM}.ipynb", solved)
+    saved = tmp_path / "graded.ipynb"
+    r = graphlab("check", str(solved), "--backend", "sim", "--save", str(saved))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(simulator backend" in r.stdout.splitlines()[0]
+    assert r.stdout.rstrip().endswith("All done.")
+    assert " hint" not in r.stdout and "not done" not in r.stdout
+    assert "[PASS]" in saved.read_text()
+
+
+def test_an_unsolved_lab_fails_and_keeps_going():
+    r = graphlab("check", f"labs/{STEM}.ipynb", "--backend", "sim")
+    assert r.returncode == 1, r.stdout + r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("  ") and line.rstrip().endswith("not done")]
+    assert len(rows) >= 3  # every exercise's stub, although the first one raised
+    assert "the exercise stub still raises NotImplementedError" in r.stdout
+    assert "0 of" in r.stdout.splitlines()[-1]
