@@ -252,7 +252,7 @@ def grade_notebook(path, timeout: int = 600, backend: str | None = None, save: s
 # ---------------------------------------------------------------------------------------
 def format_report(report: Report) -> str:
     width = max([len("exercise")] + [len(e.name) for e in report.exercises])
-    where = f" ({report.backend})" if report.backend else ""
+    where = f" [{report.backend}]" if report.backend else ""
     lines = [f"graphlab check: {report.path}{where}", "", f"  {'exercise':<{width}}  result"]
     for e in report.exercises:
         status = {"hint": "hint (see below)", "demo": "demo (not graded)"}.get(e.status, e.status)

@@ -97,7 +97,7 @@ def test_report_exit_codes_and_text():
     report = grading.Report("lab.ipynb", rows, backend="simulator backend")
     assert report.exit_code == 1
     text = grading.format_report(report)
-    assert text.splitlines()[0] == "graphlab check: lab.ipynb (simulator backend)"
+    assert text.splitlines()[0] == "graphlab check: lab.ipynb [simulator backend]"
     assert "    expected: x" in text and "1 of 2 exercises pass." in text
     assert grading.Report("lab.ipynb", [rows[0]]).exit_code == 0
     assert grading.Report("lab.ipynb", []).exit_code == 1
@@ -136,7 +136,7 @@ def test_a_solved_lab_passes(tmp_path):
     saved = tmp_path / "graded.ipynb"
     r = graphlab("check", str(solved), "--backend", "sim", "--save", str(saved))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "(simulator backend" in r.stdout.splitlines()[0]
+    assert "[simulator backend" in r.stdout.splitlines()[0]
     assert r.stdout.rstrip().endswith("All done.")
     assert " hint" not in r.stdout and "not done" not in r.stdout
     assert "[PASS]" in saved.read_text()

@@ -391,9 +391,9 @@ def test_graph_memory(K, T, capsys):
     assert K.check("graph-memory", shared_largest_first, quiet=True).passed
     assert K.check("graph-memory", first_graphs_pool, quiet=True).passed
     assert failed(K.check("graph-memory", K.get(7).broken(), quiet=True), "private memory pool", "pool=")
-    assert failed(K.check("graph-memory", new_pool_each_time, quiet=True), "the memory of the largest")
+    assert failed(K.check("graph-memory", new_pool_each_time, quiet=True), "one pool per size")
     K.show("graph-memory")
-    assert "within the budget of 2 times the single graph: False" in capsys.readouterr().out
+    assert "at most 0.5 of one pool per size: False" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------

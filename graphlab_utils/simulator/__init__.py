@@ -114,6 +114,9 @@ def install() -> None:
     _capture._rng["poisoned"] = False
     _capture.Capture.live.clear()
     _memory.ALLOCATOR.reset()
+    from .mode import _cublas
+
+    _cublas["ready"] = False
     mode = SimMode()
     mode.__enter__()
     _state.update(mode=mode, saved=saved)

@@ -35,6 +35,13 @@ _SYNC_OPS = {
 # Ops through which Python data (a list, a NumPy array) becomes a tensor: on a GPU a copy
 # from pageable host memory, which PyTorch refuses on a capturing stream.
 _HOST_DATA_OPS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
+# Ops that need a cuBLAS handle: PyTorch creates it on first use, and cublasCreate() cannot
+# run during a capture (seen on an H100: the first matmul of a process inside a capture fails).
+_CUBLAS_OPS = {
+    aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+    aten.mv.default, aten.addmv.default, aten.dot.default,
+}
+_cublas = {"ready": False}
 _ALLOCATION_OPS = {
     aten.empty.memory_format,
     aten.empty_strided.default,
@@ -169,6 +176,8 @@ class SimMode(TorchDispatchMode):
     # -- outside capture -----------------------------------------------------------------
     def _run_eagerly(self, stream, func, args, kwargs):
         check_rng(func)
+        if func in _CUBLAS_OPS:
+            _cublas["ready"] = True
         result = func(*args, **kwargs)
         if func._schema.is_mutable:
             out = result
@@ -189,6 +198,14 @@ class SimMode(TorchDispatchMode):
     # -- during capture --------------------------------------------------------------------
     def _record(self, capture, stream, func, args, kwargs):
         from .capture import TensorRef, _bind
+
+        if func in _CUBLAS_OPS and not _cublas["ready"]:
+            capture.invalidate("cublasCreate() during capture")
+            raise RuntimeError(
+                "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`\n"
+                "[graphlab simulator] the first matrix product of a process creates PyTorch's cuBLAS handle, "
+                "which cannot happen during a capture: warm up eagerly (on a side stream) before capturing (lesson 01)."
+            )
 
         shapes = _shapes_of(func, args, kwargs)
         mutating = func._schema.is_mutable
