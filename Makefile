@@ -28,6 +28,9 @@ TORCH_PIP_ARGS ?=
 LAB_ARGS ?=
 LAB_NOTEBOOK ?= notebooks/00_welcome.ipynb
 NBVAL_CELL_TIMEOUT ?= 300
+# Test files (and notebooks) run in parallel on every core; a file's tests stay in one worker.
+TEST_WORKERS ?= auto
+PARALLEL = -n $(TEST_WORKERS) --dist loadfile
 SANITIZE := tests/nbval_sanitize.cfg
 # The notebooks nbval runs: lessons and solutions (labs hold stubs: build-labs --check covers them).
 NBVAL_PATHS = $(sort $(wildcard notebooks/*.ipynb solutions/*.ipynb))
@@ -74,12 +77,12 @@ lab: env
 
 test: env
 	"$(PYTHON)" -m graphlab_utils build-labs --check
-	"$(PYTHON)" -m pytest tests
+	"$(PYTHON)" -m pytest $(PARALLEL) tests
 	@if [ -z "$(NBVAL_PATHS)" ]; then \
 		echo "make: no notebooks in notebooks/ or solutions/ yet: nothing for nbval to run"; \
 	else \
 		echo "\"$(PYTHON)\" -m pytest --nbval --nbval-current-env ... $(NBVAL_PATHS)"; \
-		"$(PYTHON)" -m pytest --nbval --nbval-current-env \
+		"$(PYTHON)" -m pytest $(PARALLEL) --nbval --nbval-current-env \
 			--nbval-sanitize-with $(SANITIZE) \
 			--nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) \
 			$(NBVAL_PATHS); \
