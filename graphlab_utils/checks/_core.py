@@ -52,6 +52,27 @@ def ok(condition: bool, expected: str, seen: str, idea: str) -> None:
         fail(expected, seen, idea)
 
 
+def ok_timings(result, keys, example: str, how: str, unit: str = "step") -> None:
+    """A learner's dict of timings: every key present, each a positive Timing of this backend.
+
+    `example` shows the dict to return, `how` says which timing helper measures each figure.
+    """
+    from graphlab_utils import timing
+
+    ok(isinstance(result, dict), f"a dict with the keys {', '.join(keys)}", f"{type(result).__name__}", f"return {example}")
+    missing = [k for k in keys if k not in result]
+    ok(not missing, f"a dict with the keys {', '.join(keys)}", f"missing: {', '.join(missing)}",
+       f"time each {unit} on its own and return all {len(keys)} timings")
+    for key in keys:
+        value = result[key]
+        ok(isinstance(value, timing.Timing), f"{key}: a Timing from the course's timing helper",
+           f"{key}: {type(value).__name__}", how)
+        ok(value.modelled == timing.is_modelled(), f"{key}: a timing from this session's backend",
+           f"{key}: a timing labelled '{value.label}'", "measure in this session, after the setup cell")
+        ok(value.median_ms > 0, f"{key}: a positive time", f"{key}: {timing.format_ms(value.median_ms)}",
+           f"time a call that does the work of the {unit}")
+
+
 def check(name: str):
     """Decorate a check body: it prints one line and returns a CheckResult, whatever happens inside.
 

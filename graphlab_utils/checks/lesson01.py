@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 
-from ._core import check, fail, ok
+from ._core import check, fail, ok, ok_timings
 
 __all__ = [
     "TOLERANCE",
@@ -332,30 +332,10 @@ def check_time_phases(time_phases):
                  "a graph created with keep_graph=False is instantiated at the end of its capture and "
                  "cannot be instantiated again: capture with torch.cuda.CUDAGraph(keep_graph=True) (exercise 1)")
         raise
-    ok(isinstance(phases, dict),
-       f"a dict with the keys {', '.join(PHASES)}",
-       f"{type(phases).__name__}",
-       "return {'capture': ..., 'instantiate': ..., 'replay': ..., 'eager': ...}")
-    missing = [k for k in PHASES if k not in phases]
-    ok(not missing,
-       f"a dict with the keys {', '.join(PHASES)}",
-       f"missing: {', '.join(missing)}",
-       "time each phase on its own and return all four timings")
-    for key in PHASES:
-        value = phases[key]
-        ok(isinstance(value, timing.Timing),
-           f"{key}: a Timing from the course's timing helper",
-           f"{key}: {type(value).__name__}",
-           "use timing.measure_host (capture, instantiate) and timing.measure (replay, eager): they "
-           "read CUDA events on a GPU and the modelled clock on the simulator, and label the figure")
-        ok(value.modelled == timing.is_modelled(),
-           f"{key}: a timing from this session's backend",
-           f"{key}: a timing labelled '{value.label}'",
-           "measure in this session, after the setup cell")
-        ok(value.median_ms > 0,
-           f"{key}: a positive time",
-           f"{key}: {timing.format_ms(value.median_ms)}",
-           "time a call that does the work of the phase")
+    ok_timings(phases, PHASES, "{'capture': ..., 'instantiate': ..., 'replay': ..., 'eager': ...}",
+               "use timing.measure_host (capture, instantiate) and timing.measure (replay, eager): they "
+               "read CUDA events on a GPU and the modelled clock on the simulator, and label the figure",
+               unit="phase")
     mine = _reference_phases(fn)
     wrong_order = [(a, b) for a in PHASES for b in PHASES
                    if mine[a].median_ms >= ORDER_RATIO * mine[b].median_ms

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from ._core import check, fail, ok
+from ._core import check, fail, ok, ok_timings
 
 __all__ = [
     "PATHS",
@@ -388,30 +388,9 @@ def check_time_switch(time_switch):
 
     graph, capture_new, _keep = _switch_setup(seed=30)
     costs = time_switch(graph, capture_new)
-    ok(isinstance(costs, dict),
-       f"a dict with the keys {', '.join(TIMING_KEYS)}",
-       f"{type(costs).__name__}",
-       "return {'capture': ..., 'instantiate': ..., 'exec_update': ...}")
-    missing = [k for k in TIMING_KEYS if k not in costs]
-    ok(not missing,
-       f"a dict with the keys {', '.join(TIMING_KEYS)}",
-       f"missing: {', '.join(missing)}",
-       "time each step on its own and return the three timings")
-    for key in TIMING_KEYS:
-        value = costs[key]
-        ok(isinstance(value, timing.Timing),
-           f"{key}: a Timing from the course's timing helper",
-           f"{key}: {type(value).__name__}",
-           "use timing.measure_host for all three: they are host-side calls; it reads the host "
-           "clock on a GPU and the modelled clock on the simulator, and labels the figure")
-        ok(value.modelled == timing.is_modelled(),
-           f"{key}: a timing from this session's backend",
-           f"{key}: a timing labelled '{value.label}'",
-           "measure in this session, after the setup cell")
-        ok(value.median_ms > 0,
-           f"{key}: a positive time",
-           f"{key}: {timing.format_ms(value.median_ms)}",
-           "time a call that does the work of the step")
+    ok_timings(costs, TIMING_KEYS, "{'capture': ..., 'instantiate': ..., 'exec_update': ...}",
+               "use timing.measure_host for all three: they are host-side calls; it reads the host "
+               "clock on a GPU and the modelled clock on the simulator, and labels the figure")
     mine = _reference_switch()
     if not costs["exec_update"].median_ms < costs["instantiate"].median_ms:
         far = max(("instantiate", "exec_update"),

@@ -110,7 +110,7 @@ def write_report(dirs) -> str:
         md += ["## Lesson figures from this GPU", "",
                "Each lesson executed on the GPU: its plots and the figures its ignored cells print.", ""]
         md += _lesson_figures(data["_executed"], figdir, base)
-    md[5:5] = ["| part | result |", "|---|---|"] + [f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in verdicts.items()] + [""]
+    md[5:5] = ["", "| part | result |", "|---|---|"] + [f"| {k} | {'pass' if v else 'FAIL'} |" for k, v in verdicts.items()] + [""]
     (REPORTS / f"{base}.md").write_text("\n".join(md) + "\n")
     clean = {k: v for k, v in data.items() if not k.startswith("_")}
     (REPORTS / f"{base}.json").write_text(json.dumps(clean, indent=1, sort_keys=True, default=str))
