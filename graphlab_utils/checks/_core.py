@@ -52,6 +52,44 @@ def ok(condition: bool, expected: str, seen: str, idea: str) -> None:
         fail(expected, seen, idea)
 
 
+def device():
+    """The device the lesson's tensors live on: the GPU, or the CPU under the simulator."""
+    import torch
+
+    from graphlab_utils import simulator
+
+    if simulator.is_installed():
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        fail(
+            "a GPU or the simulator",
+            "neither: graphlab_utils.setup() has not run in this notebook",
+            "run the setup cell at the top first: it installs the simulator when no GPU is present",
+        )
+    return torch.device("cuda")
+
+
+def close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Both tensors, same shape, equal within the tolerances."""
+    import torch
+
+    return (
+        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+        and bool(torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol))
+    )
+
+
+def describe(value) -> str:
+    """A few words on what a learner's function returned, for a hint."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if value is None:
+        return "None"
+    return f"a {type(value).__name__}"
+
+
 def ok_timings(result, keys, example: str, how: str, unit: str = "step") -> None:
     """A learner's dict of timings: every key present, each a positive Timing of this backend.
 

@@ -28,6 +28,7 @@ import math
 import random
 
 from ._core import check, fail, ok, ok_timings
+from ._core import device as _device
 
 __all__ = [
     "TOLERANCE",
@@ -52,22 +53,6 @@ RTOL, ATOL = 1e-4, 1e-5
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    if simulator.is_installed():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        fail(
-            "a GPU or the simulator",
-            "neither: graphlab_utils.setup() has not run in this notebook",
-            "run the setup cell at the top first: it installs the simulator when no GPU is present",
-        )
-    return torch.device("cuda")
-
-
 def _randn(seed: int, n: int = 256):
     """The same numbers on both backends: drawn on the CPU with a private generator, then moved."""
     import torch

@@ -30,6 +30,7 @@ import textwrap
 import types
 
 from ._core import check, fail, ok
+from ._core import device as _device, close as _close, describe as _describe
 
 __all__ = [
     "check_parallel_block",
@@ -55,14 +56,6 @@ RESTART = (
 # ---------------------------------------------------------------------------------------
 # The lab's workloads
 # ---------------------------------------------------------------------------------------
-def _device():
-    from graphlab_utils import simulator
-
-    import torch
-
-    return torch.device("cpu") if simulator.is_installed() else torch.device("cuda")
-
-
 def block_inputs(device=None, seed: int = 0, batch: int = 64, width: int = 256):
     """``(x, w1, w2)`` for the two-branch block, the same on both backends (CPU generator)."""
     import torch
@@ -102,25 +95,6 @@ def capture_with_warmup(fn, warmup: int = 2, keep_graph: bool = True):
     g.replay()
     torch.cuda.synchronize()
     return g, out
-
-
-def _close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
-    import torch
-
-    return (
-        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-        and bool(torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol))
-    )
-
-
-def _describe(t) -> str:
-    import torch
-
-    if isinstance(t, torch.Tensor):
-        return f"a tensor of shape {tuple(t.shape)}"
-    if t is None:
-        return "None"
-    return f"a {type(t).__name__}"
 
 
 # ---------------------------------------------------------------------------------------

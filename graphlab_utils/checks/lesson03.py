@@ -27,6 +27,7 @@ import contextlib
 import math
 
 from ._core import check, fail, ok
+from ._core import device as _device
 
 __all__ = [
     "STEP",
@@ -56,14 +57,6 @@ def guided_step_eager(latent, cond, uncond, scale: float):
     else:
         eps = cond
     return latent - STEP * eps
-
-
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    return torch.device("cpu") if simulator.is_installed() else torch.device("cuda")
 
 
 def _inputs(seed: int, shape=SHAPE):

@@ -27,6 +27,7 @@ import contextlib
 import math
 
 from ._core import check, fail, ok
+from ._core import device as _device
 
 __all__ = [
     "D",
@@ -54,14 +55,6 @@ REQUESTS = ((3, 5, 41), (6, 4, 42))
 # ---------------------------------------------------------------------------------------
 # The model and its eager reference
 # ---------------------------------------------------------------------------------------
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    return torch.device("cpu") if simulator.is_installed() else torch.device("cuda")
-
-
 def _cpu_randn(seed: int, *shape):
     import torch
 

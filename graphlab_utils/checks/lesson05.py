@@ -34,6 +34,7 @@ import math
 import random
 
 from ._core import check, fail, ok
+from ._core import device as _device
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -186,22 +187,6 @@ def brute_force_buckets(traffic: dict, k: int) -> list:
 # ---------------------------------------------------------------------------------------
 # Helpers of the runner checks
 # ---------------------------------------------------------------------------------------
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    if simulator.is_installed():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        fail(
-            "a GPU or the simulator",
-            "neither: graphlab_utils.setup() has not run in this notebook",
-            "run the setup cell at the top first: it installs the simulator when no GPU is present",
-        )
-    return torch.device("cuda")
-
-
 def _randn(seed: int, *shape):
     """The same numbers on both backends: drawn on the CPU with a private generator, then moved."""
     import torch

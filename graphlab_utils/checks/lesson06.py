@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 
 from ._core import check, fail, ok, ok_timings
+from ._core import device as _device
 
 __all__ = [
     "PATHS",
@@ -62,22 +63,6 @@ def chain(x, n_ops: int, step: float = STEP):
     for _ in range(n_ops):
         y = y + step
     return y
-
-
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    if simulator.is_installed():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        fail(
-            "a GPU or the simulator",
-            "neither: graphlab_utils.setup() has not run in this notebook",
-            "run the setup cell at the top first: it installs the simulator when no GPU is present",
-        )
-    return torch.device("cuda")
 
 
 def _randn(seed: int):

@@ -28,6 +28,7 @@ budget leaves room for both backends.
 from __future__ import annotations
 
 from ._core import check, fail, ok
+from ._core import device as _device
 
 __all__ = [
     "MiB",
@@ -62,22 +63,6 @@ def tolerance(nbytes: float) -> float:
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    if simulator.is_installed():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        fail(
-            "a GPU or the simulator",
-            "neither: graphlab_utils.setup() has not run in this notebook",
-            "run the setup cell at the top first: it installs the simulator when no GPU is present",
-        )
-    return torch.device("cuda")
-
-
 def _randn(seed: int, *shape):
     """The same numbers on both backends: drawn on the CPU with a private generator, then moved."""
     import torch

@@ -31,6 +31,7 @@ import textwrap
 import types
 
 from ._core import check, fail, ok
+from ._core import device as _device, close as _close, describe as _describe
 
 __all__ = [
     "CAUSES",
@@ -50,33 +51,6 @@ RESTART = (
     " On a GPU a failed capture damages the process: restart the kernel and run the cells "
     "from the top before you try again."
 )
-
-
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    return torch.device("cpu") if simulator.is_installed() else torch.device("cuda")
-
-
-def _close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
-    import torch
-
-    return (
-        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-        and bool(torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol))
-    )
-
-
-def _describe(t) -> str:
-    import torch
-
-    if isinstance(t, torch.Tensor):
-        return f"a tensor of shape {tuple(t.shape)}"
-    if t is None:
-        return "None"
-    return f"a {type(t).__name__}"
 
 
 def warm_up(fn, n: int = 3) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 from ._core import check, fail, ok
+from ._core import device as _device
 
 __all__ = [
     "LAB_CONFIG",
@@ -63,22 +64,6 @@ def __getattr__(name):  # LAB_CONFIG, built on first use: importing this module 
 # ---------------------------------------------------------------------------------------
 # The lab's model
 # ---------------------------------------------------------------------------------------
-def _device():
-    import torch
-
-    from graphlab_utils import simulator
-
-    if simulator.is_installed():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        fail(
-            "a GPU or the simulator",
-            "neither: graphlab_utils.setup() has not run in this notebook",
-            "run the setup cell at the top first: it installs the simulator when no GPU is present",
-        )
-    return torch.device("cuda")
-
-
 def lab_model(device=None):
     """``(unet, sched)`` at :data:`LAB_CONFIG`: the lesson's UNet (fixed weights) and DDIM schedule."""
     from graphlab_utils import models
