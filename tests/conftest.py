@@ -18,3 +18,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """The simulator for one test module: installed at its start, removed at its end.
+
+    Modules that test the simulator or the lab checks on it say
+    `pytestmark = pytest.mark.usefixtures("sim")` (or take `sim` as an argument).
+    """
+    import graphlab_utils
+    from graphlab_utils import simulator
+
+    session = graphlab_utils.setup(backend="sim", quiet=True)
+    yield session
+    simulator.uninstall()

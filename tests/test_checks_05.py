@@ -16,13 +16,7 @@ import pytest
 import graphlab_utils
 
 
-@pytest.fixture(scope="module", autouse=True)
-def sim():
-    session = graphlab_utils.setup(backend="sim", quiet=True)
-    yield session
-    from graphlab_utils import simulator
-
-    simulator.uninstall()
+pytestmark = pytest.mark.usefixtures("sim")
 
 
 @pytest.fixture(scope="module")

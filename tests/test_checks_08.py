@@ -15,13 +15,7 @@ import graphlab_utils
 from graphlab_utils.checks import lesson08 as L
 
 
-@pytest.fixture(scope="module", autouse=True)
-def sim():
-    graphlab_utils.setup(backend="sim", quiet=True)
-    yield
-    from graphlab_utils import simulator
-
-    simulator.uninstall()
+pytestmark = pytest.mark.usefixtures("sim")
 
 
 def passes(result) -> bool:

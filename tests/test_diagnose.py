@@ -8,13 +8,7 @@ import graphlab_utils
 from graphlab_utils import diagnose
 
 
-@pytest.fixture(scope="module", autouse=True)
-def sim():
-    graphlab_utils.setup(backend="sim", quiet=True)
-    yield
-    from graphlab_utils import simulator
-
-    simulator.uninstall()
+pytestmark = pytest.mark.usefixtures("sim")
 
 
 SYNC_IN_HELPER = """

@@ -16,11 +16,7 @@ from graphlab_utils.simulator.memory import ALLOCATOR
 REAL_GRAPH_CLASS = torch.cuda.CUDAGraph
 
 
-@pytest.fixture(scope="module", autouse=True)
-def sim():
-    graphlab_utils.setup(backend="sim", quiet=True)
-    yield
-    simulator.uninstall()
+pytestmark = pytest.mark.usefixtures("sim")
 
 
 def capture(fn, keep_graph=True, pool=None):
