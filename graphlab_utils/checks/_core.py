@@ -69,6 +69,18 @@ def device():
     return torch.device("cuda")
 
 
+def side_warm_up(fn, iters: int = 3) -> None:
+    """PyTorch's recipe before a capture: a few eager calls on a side stream, then join it."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(iters):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+
 def close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
     """Both tensors, same shape, equal within the tolerances."""
     import torch

@@ -28,7 +28,7 @@ import math
 import random
 
 from ._core import check, fail, ok, ok_timings
-from ._core import device as _device
+from ._core import device as _device, side_warm_up
 
 __all__ = [
     "TOLERANCE",
@@ -70,14 +70,7 @@ def _close(a, b) -> bool:
 
 
 def _side_warm_up(fn, iters: int = 3) -> None:
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(iters):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
+    side_warm_up(fn, iters)
 
 
 def _runs(counter) -> int:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 from ._core import check, fail, ok, ok_timings
-from ._core import device as _device
+from ._core import device as _device, side_warm_up
 
 __all__ = [
     "PATHS",
@@ -83,14 +83,7 @@ def _close(a, b) -> bool:
 
 
 def _side_warm_up(fn, iters: int = 2) -> None:
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(iters):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
+    side_warm_up(fn, iters)
 
 
 def _capture(fn, pool=None):
