@@ -46,8 +46,9 @@ help:
 	@echo "make test    run the whole test suite (same set-up)"
 	@echo "make labs    regenerate labs/ from solutions/"
 	@echo "make doctor  report the environment and say what to fix"
-	@echo "make test-gpu  on an NVIDIA GPU machine: unit tests, conformance on both backends, strict nbval"
-	@echo "               of every notebook on the real backend, and a report in reports/gpu/"
+	@echo "make test-gpu  on an NVIDIA GPU machine: unit tests, conformance on both backends, measured vs"
+	@echo "               modelled figures, strict nbval of every notebook on the real backend, the"
+	@echo "               capstone benchmark, and a report in reports/gpu/ (about 20 minutes on an H100)"
 	@echo "options: PYTHON=... (use that interpreter, no virtualenv), TORCH_SPEC='torch==2.11.*',"
 	@echo "         VENV_ARGS=--system-site-packages, LAB_ARGS='--port 8899 --no-browser'"
 

@@ -83,10 +83,11 @@ def _make_graphed_unet(unet, cfg, batch: int, size: int, guidance: bool):
     import torch
 
     rows = 2 * batch if guidance else batch
-    device = next(unet.parameters()).device
-    sample_args = (torch.zeros(rows, cfg.latent_channels, size, size, device=device),
+    param = next(unet.parameters())
+    device, dtype = param.device, param.dtype  # the timesteps stay float32: the schedule's table
+    sample_args = (torch.zeros(rows, cfg.latent_channels, size, size, device=device, dtype=dtype),
                    torch.zeros(rows, device=device),
-                   torch.zeros(rows, cfg.context_len, cfg.context_dim, device=device))
+                   torch.zeros(rows, cfg.context_len, cfg.context_dim, device=device, dtype=dtype))
     with torch.no_grad():
         return torch.cuda.make_graphed_callables(copy.deepcopy(unet), sample_args)
 
@@ -143,12 +144,33 @@ def _busy_share(fn) -> float | None:
         return None
 
 
+def _host_ms(fn, calls: int = 3) -> float:
+    """Median CPU time of one call: from the call to its return, before waiting for the GPU.
+
+    Below the call's GPU time, the CPU runs ahead and the GPU never waits for it: removing
+    more host work cannot make that variant faster.
+    """
+    import statistics
+
+    import torch
+
+    times = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, repeats: int, log) -> list:
     import torch
 
     from graphlab_utils import models, timing
 
-    latents, prompt = models.make_request(SEED, batch, cfg, next(unet.parameters()).device, size=size)
+    param = next(unet.parameters())
+    latents, prompt = models.make_request(SEED, batch, cfg, param.device, param.dtype, size=size)
     rows, reference, eager_ms = [], None, None
     for name in variants:
         row: dict[str, Any] = {"variant": name, "size": size, "batch": batch}
@@ -160,6 +182,8 @@ def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, rep
             torch.cuda.synchronize()
             row["setup_s"] = round(time.perf_counter() - t0, 3)
             t = timing.measure(lambda: fn(latents, prompt), warmup=0, repeat=repeats)
+            if not timing.is_modelled():  # the simulator's own Python time says nothing about a GPU's host
+                row["host_ms_per_call"] = _host_ms(lambda: fn(latents, prompt))
             out = fn(latents, prompt)
             torch.cuda.synchronize()
             if name == "eager":
@@ -202,15 +226,16 @@ def _fmt(x, spec: str, empty: str = "") -> str:
 
 def _row_text(r: dict) -> tuple:
     if "skipped" in r:
-        return ("skipped", "", "", "", "", "")
+        return ("skipped", "", "", "", "", "", "")
     if "error" in r:
-        return ("failed: " + r["error"][:60], "", "", "", "", "")
+        return ("failed: " + r["error"][:60], "", "", "", "", "", "")
     busy = r.get("busy_share_replay", r.get("busy_share"))
     return (
         _fmt(r["ms_per_image"], ".2f"),
         _fmt(r["speedup"], ".1f") + "x" if r.get("speedup") else "",
         _fmt(r["relative_error"], ".1e"),
         _fmt(busy, ".0%"),
+        _fmt(r["host_ms_per_call"] / r["batch"], ".1f") if r.get("host_ms_per_call") is not None else "",
         _fmt(r.get("setup_s"), ".1f"),
         "yes" if r.get("finite") else "NO",
     )
@@ -252,10 +277,12 @@ def markdown(meta: dict, rows: list) -> str:
         + f"; timings {meta['timing']}.",
         f"UNet: {meta['channels']} channels, ~{meta['ops_per_unet_call']} aten ops per call; DDIM, "
         f"{meta['steps']} steps, classifier-free guidance (scale {meta['guidance']}) as one batch of 2B; "
-        f"TF32 {'on' if meta['tf32'] else 'off'}; median of {meta['repeats']} after {meta['warmup']} warm-up calls.",
+        f"{meta.get('dtype', 'float32')}, TF32 {'on' if meta['tf32'] else 'off'}, cuDNN autotuning "
+        f"{'on' if meta.get('cudnn_benchmark') else 'off'}; median of {meta['repeats']} after {meta['warmup']} warm-up calls.",
         "",
-        "| latents | batch | variant | ms per image | vs eager | rel. diff. from eager | GPU busy | setup (s) | finite |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| latents | batch | variant | ms per image | vs eager | rel. diff. from eager | GPU busy | CPU ms per image "
+        "| setup (s) | finite |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     titles = dict(VARIANTS)
     for r in rows:
@@ -263,7 +290,9 @@ def markdown(meta: dict, rows: list) -> str:
     lines += [
         "",
         "*GPU busy*: the GPU's busy share during one call from `torch.profiler` (kernel time over the time from the "
-        "first kernel's start to the last one's end); for the loop graphs, during one replay. *setup*: host time to "
+        "first kernel's start to the last one's end); for the loop graphs, during one replay. *CPU ms per image*: the CPU "
+        "time of one call until it returns, before waiting for the GPU (median of 3), divided by the batch: below the "
+        "GPU time, the GPU never waits for the CPU. *setup*: host time to "
         "build the variant and run its warm-up calls (capture, instantiate, compile).",
         "",
         "## Targets (goals of the course on an H100, not tests)",
@@ -319,7 +348,7 @@ def plot(meta: dict, rows: list, path: Path) -> None:
 
 
 def short_table(rows: list) -> str:
-    out = [f"{'latents':>7} {'batch':>5}  {'variant':<26} {'ms/image':>9} {'vs eager':>8} {'rel.diff':>8} {'busy':>5}"]
+    out = [f"{'latents':>7} {'batch':>5}  {'variant':<26} {'ms/image':>9} {'vs eager':>8} {'rel.diff':>8} {'busy':>5} {'CPU ms':>7}"]
     for r in rows:
         if "ms_per_image" not in r:
             out.append(f"{r['size']:>5}^2 {r['batch']:>5}  {r['variant']:<26} "
@@ -327,7 +356,8 @@ def short_table(rows: list) -> str:
             continue
         busy = r.get("busy_share_replay", r.get("busy_share"))
         out.append(f"{r['size']:>5}^2 {r['batch']:>5}  {r['variant']:<26} {r['ms_per_image']:9.2f} "
-                   f"{(r['speedup'] or 1):7.1f}x {r['relative_error'] or 0:8.1e} {_fmt(busy, '.0%'):>5}")
+                   f"{(r['speedup'] or 1):7.1f}x {r['relative_error'] or 0:8.1e} {_fmt(busy, '.0%'):>5} "
+                   f"{_fmt((r.get('host_ms_per_call') or 0) / r['batch'], '.1f'):>7}")
     return "\n".join(out)
 
 
@@ -347,6 +377,10 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", choices=[v for v, _ in VARIANTS], help="a subset of the variants")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--tf32", action="store_true", help="allow TF32 in matmuls and convolutions (default: off)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="weights and latents (default float32)")
+    p.add_argument("--channels", type=int, help="UNet width (default 64; 32 with --small)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (default: off)")
     a = p.parse_args(argv)
 
     import torch
@@ -358,6 +392,8 @@ def main(argv=None) -> int:
     if session.is_real:
         torch.backends.cuda.matmul.allow_tf32 = a.tf32
         torch.backends.cudnn.allow_tf32 = a.tf32
+        torch.backends.cudnn.benchmark = a.cudnn_benchmark
+    dtype = getattr(torch, a.dtype)
     base = models.SIM_CONFIG if a.small else models.GPU_CONFIG
     steps = a.steps or base.steps
     sizes = a.sizes or [base.size]
@@ -374,16 +410,19 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     cfg0 = dataclasses.replace(base, steps=steps)
-    probe = models.build_unet(cfg0, session.device)
-    x, pr = models.make_request(SEED, 1, cfg0, session.device)
-    ops = sum(models.count_ops(probe, torch.cat([x, x]), torch.full((2,), 500.0, device=session.device),
+    if a.channels:
+        cfg0 = dataclasses.replace(cfg0, channels=a.channels, context_dim=a.channels)
+    probe = models.build_unet(cfg0, session.device, dtype)
+    x, pr = models.make_request(SEED, 1, cfg0, session.device, dtype)
+    ops = sum(models.count_ops(probe, torch.cat([x, x]), torch.full((2,), 500.0, device=session.device, dtype=dtype),
                                models.guidance_context(pr)).values())
     del probe
     meta = {
         "date": date, "device": device, "backend": session.backend, "torch": torch.__version__,
         "cuda": torch.version.cuda if session.is_real else None, "python": platform.python_version(),
         "timing": timing.label(), "channels": cfg0.channels, "steps": steps, "sizes": sizes, "batches": batches,
-        "guidance": models.GUIDANCE, "repeats": repeats, "warmup": a.warmup, "tf32": bool(a.tf32 and session.is_real),
+        "guidance": models.GUIDANCE, "repeats": repeats, "warmup": a.warmup, "tf32": bool(a.tf32 and session.is_real), "dtype": a.dtype,
+        "cudnn_benchmark": bool(a.cudnn_benchmark and session.is_real),
         "ops_per_unet_call": ops, "variants": variants,
     }
     _log(f"{device}: {cfg0.channels} channels, ~{ops} aten ops per UNet call, {steps} steps, sizes {sizes}, "
@@ -392,7 +431,7 @@ def main(argv=None) -> int:
     rows = []
     for size in sizes:
         cfg = dataclasses.replace(cfg0, size=size)
-        unet = models.build_unet(cfg, session.device)
+        unet = models.build_unet(cfg, session.device, dtype)
         sched = models.DDIMSchedule(steps, session.device)
         for batch in batches:
             _log(f"latents {size}x{size}, batch {batch}")

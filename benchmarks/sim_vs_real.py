@@ -9,7 +9,11 @@ Run on a machine with an NVIDIA GPU, from the repository root::
 For each of the course's standard workloads (``graphlab_utils.workloads``: a chain of N
 tiny elementwise kernels for N in 10, 30, 100, 300, 1000; a small MLP; one 4096x4096 fp32
 matmul) it measures, on the real GPU: the eager time per pass, the graph replay time, the
-capture time and the instantiate time, all through ``graphlab_utils.timing``. It then runs
+capture time and the instantiate time, all through ``graphlab_utils.timing``; the time of a
+``cudaGraphExecUpdate`` onto new buffers against a re-instantiate (lesson 06); per kernel,
+the eager host cost and the replay cost of a node (from ``chain1000``); and lesson 05's
+memory figure: what graphs of 6 bucket sizes reserve with one shared pool and with one pool
+each (``buckets``). It then runs
 the SAME code in a child process with ``GRAPHLAB_BACKEND=sim`` (the simulator on the CPU,
 the GPU hidden) and reads the modelled figures. By default it first calibrates the cost
 model on this GPU (``graphlab calibrate``, in the same process) and models with that
@@ -41,13 +45,23 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-QUANTITIES = (
-    ("eager_ms", "eager pass"),
-    ("replay_ms", "graph replay"),
-    ("speedup", "speed-up eager/replay"),
-    ("capture_ms", "capture"),
-    ("instantiate_ms", "instantiate"),
+QUANTITIES = (  # (key, title, unit)
+    ("eager_ms", "eager pass", "ms"),
+    ("replay_ms", "graph replay", "ms"),
+    ("speedup", "speed-up eager/replay", "x"),
+    ("eager_us_per_kernel", "eager: host cost per kernel", "us"),
+    ("replay_us_per_node", "replay: cost per graph node", "us"),
+    ("capture_ms", "capture", "ms"),
+    ("instantiate_ms", "instantiate", "ms"),
+    ("exec_update_ms", "cudaGraphExecUpdate (same topology, new buffers)", "ms"),
+    ("update_speedup", "re-instantiate / ExecUpdate", "x"),
+    # the bucket runner of lesson 05: graphs of 6 batch sizes, activations of 1 MiB per row
+    ("largest_alone_mib", "memory: largest bucket's graph alone", "MiB"),
+    ("shared_pool_mib", "memory: 6 bucket graphs, one shared pool, largest first", "MiB"),
+    ("pool_each_mib", "memory: 6 bucket graphs, one pool each", "MiB"),
 )
+PER_KERNEL_WORKLOAD = "chain1000"  # per-kernel costs: the longest chain, so fixed costs wash out
+BUCKETS = (1, 2, 4, 8, 16, 32)
 TOLERANCE = 0.30
 QUICK_WORKLOADS = ("chain10", "chain100")
 N_CAPTURES = 3
@@ -96,18 +110,69 @@ def measure_workload(name: str, device: Any, repeat: int) -> dict:
     replay = measure(g.replay, warmup=3, repeat=rep)
     torch.cuda.synchronize()
     same = bool(torch.allclose(out, fn(), rtol=1e-4, atol=1e-4))
+    # lesson 06: move graph 0's executable onto graph 1's buffers (same topology) in place
+    from graphlab_utils import cudart
+
+    exec0, other = g.raw_cuda_graph_exec(), graphs[1][0].raw_cuda_graph()
+    update = measure_host(lambda: cudart.check(cudart.cudaGraphExecUpdate(exec0, other)), repeat=N_CAPTURES, sync=False)
     result = {
         "eager_ms": eager.median_ms,
         "replay_ms": replay.median_ms,
         "speedup": speedup(eager, replay),
         "capture_ms": capture.median_ms,
         "instantiate_ms": instantiate.median_ms,
+        "exec_update_ms": update.median_ms,
+        "update_speedup": instantiate.median_ms / update.median_ms if update.median_ms > 0 else None,
         "graph_equals_eager": same,
         "modelled": eager.modelled,
         "device_name": eager.device_name,
     }
+    if name == PER_KERNEL_WORKLOAD:
+        kernels = workloads.kernels_per_pass("chain", int(name.removeprefix("chain")))
+        result["eager_us_per_kernel"] = eager.median_ms * 1e3 / kernels
+        result["replay_us_per_node"] = replay.median_ms * 1e3 / kernels
     del graphs, g, out, pending
     return result
+
+
+def measure_bucket_memory(device: Any) -> dict:
+    """Lesson 05's memory figures: growth of memory_reserved for graphs of 6 batch sizes.
+
+    Each graph computes ``out[:bs] = tanh(x[:bs] * 2) + 1`` on rows of 1 MiB, so its
+    activations (bs MiB each) come from the graph's pool; the static buffers exist before.
+    """
+    import torch
+
+    row = 1 << 18  # float32 per row: 1 MiB
+    x = torch.zeros(max(BUCKETS), row, device=device)
+    out = torch.zeros(max(BUCKETS), row, device=device)
+
+    def step(bs: int) -> None:
+        out[:bs].copy_(torch.tanh(x[:bs] * 2.0) + 1.0)
+
+    _warm_up_on_side_stream(lambda: step(max(BUCKETS)))
+
+    def grown(order, shared: bool) -> float:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_reserved()
+        pool = torch.cuda.graph_pool_handle() if shared else None
+        graphs = []
+        for bs in order:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                step(bs)
+            graphs.append(graph)
+        mib = (torch.cuda.memory_reserved() - before) / 2**20
+        del graphs
+        return mib
+
+    largest_first = sorted(BUCKETS, reverse=True)
+    return {
+        "largest_alone_mib": grown([max(BUCKETS)], True),
+        "shared_pool_mib": grown(largest_first, True),
+        "pool_each_mib": grown(largest_first, False),
+    }
 
 
 def run_all(names: list[str], repeat: int, log: Any = sys.stderr) -> dict:
@@ -131,6 +196,8 @@ def run_all(names: list[str], repeat: int, log: Any = sys.stderr) -> dict:
     for name in names:
         print(f"[{session.backend}] {name} ...", file=log, flush=True)
         results[name] = measure_workload(name, device, repeat)
+    print(f"[{session.backend}] buckets ...", file=log, flush=True)
+    results["buckets"] = measure_bucket_memory(device)
     return {
         "backend": session.backend,
         "gpu_name": session.gpu_name,
@@ -176,11 +243,13 @@ def _slug(text: str) -> str:
 
 def compare(real: dict, sim: dict, names: list[str]) -> list[dict]:
     rows = []
-    for name in names:
+    for name in [*names, "buckets"]:
         r = real.get("results", {}).get(name, {})
         s = sim.get("results", {}).get(name, {}) if "error" not in sim else {}
-        for key, title in QUANTITIES:
+        for key, title, unit in QUANTITIES:
             measured, modelled = r.get(key), s.get(key)
+            if measured is None and modelled is None:
+                continue  # not a quantity of this workload
             ratio = None
             if measured and modelled is not None and measured > 0:
                 ratio = modelled / measured
@@ -189,6 +258,7 @@ def compare(real: dict, sim: dict, names: list[str]) -> list[dict]:
                     "workload": name,
                     "quantity": title,
                     "key": key,
+                    "unit": unit,
                     "measured": measured,
                     "modelled": modelled,
                     "ratio": ratio,
@@ -198,12 +268,19 @@ def compare(real: dict, sim: dict, names: list[str]) -> list[dict]:
     return rows
 
 
-def _fmt(key: str, v: Any) -> str:
+def format_value(unit: str, v: Any) -> str:
+    """A figure of the table in its unit: ms (auto-scaled), us, x or MiB."""
     from graphlab_utils.timing import format_ms, format_ratio
 
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
-    return format_ratio(v) if key == "speedup" else format_ms(v)
+    if unit == "x":
+        return format_ratio(v)
+    if unit == "us":
+        return f"{v:.3g} us"
+    if unit == "MiB":
+        return f"{v:.1f} MiB"
+    return format_ms(v)
 
 
 def render_markdown(report: dict) -> str:
@@ -231,8 +308,8 @@ def render_markdown(report: dict) -> str:
         ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
         ok = {True: "yes", False: "**no**", None: "n/a"}[row["within_tolerance"]]
         lines.append(
-            f"| {row['workload']} | {row['quantity']} | {_fmt(row['key'], row['measured'])} |"
-            f" {_fmt(row['key'], row['modelled'])} | {ratio} | {ok} |"
+            f"| {row['workload']} | {row['quantity']} | {format_value(row.get('unit', 'ms'), row['measured'])} |"
+            f" {format_value(row.get('unit', 'ms'), row['modelled'])} | {ratio} | {ok} |"
         )
     checked = [r for r in report["rows"] if r["within_tolerance"] is not None]
     good = sum(1 for r in checked if r["within_tolerance"])

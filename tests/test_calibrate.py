@@ -141,3 +141,22 @@ def test_benchmark_report_table():
     assert "4 of 5 figures within 30%." in md
     failed = bench.compare(real, {"error": "boom"}, ["chain10"])
     assert all(r["ratio"] is None for r in failed)
+
+
+def test_benchmark_table_has_update_per_kernel_and_memory_rows():
+    bench = _load_benchmark()
+    figures = {"eager_ms": 11.0, "replay_ms": 1.2, "speedup": 9.2, "capture_ms": 6.0, "instantiate_ms": 3.0,
+               "exec_update_ms": 0.5, "update_speedup": 6.0, "eager_us_per_kernel": 11.0, "replay_us_per_node": 1.2}
+    real = {"results": {"chain1000": figures,
+                        "buckets": {"largest_alone_mib": 64.0, "shared_pool_mib": 66.0, "pool_each_mib": 158.0}}}
+    sim = {"results": {"chain1000": dict(figures, exec_update_ms=1.0, update_speedup=3.0),
+                       "buckets": {"largest_alone_mib": 64.0, "shared_pool_mib": 66.0, "pool_each_mib": 158.0}}}
+    rows = bench.compare(real, sim, ["chain1000"])
+    by_key = {(r["workload"], r["key"]): r for r in rows}
+    assert by_key[("chain1000", "update_speedup")]["ratio"] == pytest.approx(0.5)
+    assert not by_key[("chain1000", "exec_update_ms")]["within_tolerance"]
+    assert by_key[("buckets", "pool_each_mib")]["unit"] == "MiB"
+    assert ("buckets", "eager_ms") not in by_key  # a workload lists only its own quantities
+    assert bench.format_value("MiB", 158.0) == "158.0 MiB"
+    assert bench.format_value("us", 1.16) == "1.16 us"
+    assert bench.format_value("x", None) == "n/a"
