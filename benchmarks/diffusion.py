@@ -341,7 +341,8 @@ def plot(meta: dict, rows: list, path: Path) -> None:
         ax.set_xlim(0, max(values or [1]) * 1.3)
     axes[0][0].set_yticks(range(len(names)), [titles[n] for n in names], fontsize=7)
     axes[0][0].invert_yaxis()
-    fig.suptitle(f"{meta['steps']}-step DDIM with guidance, {meta['channels']}-channel UNet; {meta['timing']}", fontsize=8)
+    fig.suptitle(f"{meta['steps']}-step DDIM with guidance, {meta['channels']}-channel UNet, "
+                 f"{meta.get('dtype', 'float32')}; {meta['timing']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="directory for the phase results")
     p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of: " + ", ".join(PHASES))
     p.add_argument("--notebooks", help="regular expression: only notebooks whose path matches (nbval, execute)")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks checked at a time by the nbval phase")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at a time by the nbval and execute phases (default 1)")
     p.add_argument("--report", nargs="*", type=Path, help="merge phase results from these directories into reports/gpu/")
     p.add_argument("--execute-one", nargs=2, metavar=("NOTEBOOK", "DEST"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
