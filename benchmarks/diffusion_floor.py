@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,20 +45,9 @@ SETTINGS = {
 
 
 def _median_ms(fn, iters: int = 30, warmup: int = 5) -> float:
-    import torch
+    from graphlab_utils import timing  # CUDA events around each call, synchronised, median
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return timing.measure(fn, warmup=warmup, repeat=iters).median_ms
 
 
 def _kernels(fn) -> list:

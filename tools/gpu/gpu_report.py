@@ -36,6 +36,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module: its formatting is reused, not copied."""
+    import importlib
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    return importlib.import_module(name)
+
+
 def _committed_stdout(rel_path: str) -> dict:
     """{(cell index, source): stdout} of the committed notebook: the simulator's figures."""
     import nbformat
@@ -65,10 +74,7 @@ def _capstone(capstone: dict, where: Path, figdir: Path, rel: str) -> list:
         if not data:
             lines += [f"### {name}: no results (exit {run.get('returncode')})", "", "```text", run.get("tail", ""), "```", ""]
             continue
-        sys_path = str(ROOT / "benchmarks")
-        if sys_path not in sys.path:
-            sys.path.insert(0, sys_path)
-        import diffusion  # the benchmark's own table, so the two reports cannot disagree
+        diffusion = _benchmark("diffusion")  # the benchmark's own table, so the two reports cannot disagree
 
         table = diffusion.markdown(data["meta"], data["rows"]).split("\n")
         start = next(i for i, line in enumerate(table) if line.startswith("| latents"))
@@ -169,9 +175,7 @@ def write_report(dirs) -> str:
         b = data["benchmark"]["data"]
         md += ["## Headline figures: measured on this GPU, modelled by the simulator", "",
                "| workload | quantity | measured | modelled | modelled/measured | within 30%? |", "|---|---|---|---|---|---|"]
-        if str(ROOT / "benchmarks") not in sys.path:
-            sys.path.insert(0, str(ROOT / "benchmarks"))
-        from sim_vs_real import format_value
+        format_value = _benchmark("sim_vs_real").format_value
 
         for row in b.get("rows", []):
             unit = row.get("unit", "x" if row["key"] == "speedup" else "ms")
