@@ -207,6 +207,8 @@ def phase_capstone(out: Path) -> dict:
         found = dest / "results.json"
         runs[name] = {"returncode": rc, "seconds": secs, "dir": dest.name,
                       "data": json.loads(found.read_text()) if found.exists() else None, "tail": text[-2000:]}
+        # written after each run too: a call cut off at its time limit keeps the runs that finished
+        (out / "capstone.json").write_text(json.dumps({"runs": runs}, indent=1, sort_keys=True, default=str))
     return {"runs": runs}
 
 
