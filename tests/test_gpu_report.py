@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,12 @@ def report_module(tmp_path, monkeypatch):
     module = importlib.import_module("gpu_report")
     monkeypatch.setattr(module, "REPORTS", tmp_path / "reports")
     return module
+
+
+@pytest.fixture()
+def runner_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tools" / "gpu"))
+    return importlib.import_module("test_gpu")
 
 
 def _capstone_results() -> dict:
@@ -52,12 +59,8 @@ def test_report_shows_retries_alone_and_the_capstone_table(report_module, tmp_pa
     assert "| 32x32 | 1 | one CUDA graph per step | 150.00 | 3.2x |" in md
 
 
-def test_test_gpu_knows_the_capstone_phase():
-    sys.path.insert(0, str(ROOT / "tools" / "gpu"))
-    try:
-        test_gpu = importlib.import_module("test_gpu")
-    finally:
-        sys.path.remove(str(ROOT / "tools" / "gpu"))
+def test_test_gpu_knows_the_capstone_phase(runner_module):
+    test_gpu = runner_module
     assert "capstone" in test_gpu.PHASES
     assert [name for name, _ in test_gpu.CAPSTONE_RUNS] == ["float32", "float16"]
 
@@ -97,3 +100,18 @@ def test_step_floor_needs_a_gpu_and_renders_its_table(tmp_path):
     md = floor.markdown(meta, [row, {"setting": "bf16", "error": "RuntimeError: boom"}])
     assert "| fp32 | 8.35 | 3.079 | 2.7x | 462 | 6.5 us | 2.99 ms | yes |" in md
     assert "| bf16 | failed: RuntimeError: boom |" in md
+
+
+def test_jupyter_path_names_data_installed_beside_packages(runner_module, tmp_path, monkeypatch):
+    # pip install --target DIR keeps nbconvert's templates in DIR/share/jupyter, where Jupyter
+    # never looks: the GPU runner must name that folder for the tests it starts
+    test_gpu = runner_module
+    target, plain = tmp_path / "site", tmp_path / "plain"
+    (target / "share" / "jupyter" / "nbconvert" / "templates").mkdir(parents=True)
+    plain.mkdir()
+    monkeypatch.setattr(sys, "path", [str(plain), str(target), str(target)])
+    monkeypatch.setenv("JUPYTER_PATH", "/already/set")
+    env = test_gpu.jupyter_path_env()
+    assert env["JUPYTER_PATH"].split(os.pathsep) == [str(target / "share" / "jupyter"), "/already/set"]
+    monkeypatch.setattr(sys, "path", [str(plain)])
+    assert test_gpu.jupyter_path_env() == {}

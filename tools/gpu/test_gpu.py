@@ -39,10 +39,28 @@ PHASES = ("env", "unit", "conformance", "benchmark", "nbval", "execute", "capsto
 SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
 
 
+def jupyter_path_env() -> dict:
+    """JUPYTER_PATH naming the ``share/jupyter`` folders found beside packages on sys.path.
+
+    Jupyter looks for its data files (nbconvert's templates among them) under sys.prefix. A
+    GPU machine without Jupyter gets it with ``pip install --target DIR`` and ``PYTHONPATH=DIR``,
+    which puts those files in ``DIR/share/jupyter``, where Jupyter never looks: the slide
+    export then fails with "No template sub-directory with name 'reveal' found"."""
+    found = []
+    for entry in sys.path:
+        data = Path(entry or ".") / "share" / "jupyter"
+        if entry and data.is_dir() and str(data) not in found:
+            found.append(str(data))
+    if not found:
+        return {}
+    current = os.environ.get("JUPYTER_PATH")
+    return {"JUPYTER_PATH": os.pathsep.join(found + ([current] if current else []))}
+
+
 def _run(cmd, timeout=900, env=None):
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **jupyter_path_env(), **(env or {})})
     return proc.returncode, proc.stdout + proc.stderr, round(time.time() - t0, 1)
 
 
@@ -76,7 +94,7 @@ def phase_env(out: Path) -> dict:
 
 def phase_unit(out: Path) -> dict:
     # -p no:benchmark: pytest-benchmark, where installed, warns once per xdist worker and buries the summary
-    cmd = [sys.executable, "-m", "pytest", "tests", "-q", "-rfE", "--tb=short", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "tests", "-q", "-rfEs", "--tb=short", "-p", "no:cacheprovider",
            "-p", "no:benchmark"]
     try:
         import xdist  # noqa: F401 - several workers when pytest-xdist is there
