@@ -20,8 +20,12 @@ Where the trace comes from:
   launch or sync, one device span per kernel or graph node, named by its aten op. Modelled
   from the cost model calibrated on a GPU, and labelled so.
 
-Warm-up calls run before the profiler starts and the device is synchronised, so a trace
-holds exactly one pass: on a GPU, a chain of N elementwise ops shows N ``cudaLaunchKernel``
+Warm-up calls run before the profiler starts and the device is synchronised. On a GPU the
+profiler has start-up work of its own: at the first CUDA call it records, CUPTI requests its
+activity buffer (an ``Activity Buffer Request`` event, milliseconds long). So ``profile``
+makes one ``torch.cuda.synchronize()`` inside the profiler before the pass, marks the pass
+with ``torch.profiler.record_function(PASS_MARK)``, and keeps only what falls inside the
+mark (the profiler's closing synchronise is left out too). A trace holds exactly one pass: on a GPU, a chain of N elementwise ops shows N ``cudaLaunchKernel``
 calls and N kernels; one replay of its graph shows one ``cudaGraphLaunch`` and N kernels.
 
 Launch calls are recognised by the prefix of their name, because CUDA versions and the
@@ -96,6 +100,8 @@ _HOST_ACTIVITIES = {"cuda_runtime", "cuda_driver"}
 _DEVICE_ACTIVITIES = {"kernel", "gpu_memcpy", "gpu_memset"}
 
 HOST_LANE = "host"
+# The record_function range around the one profiled pass: spans outside it are the profiler's.
+PASS_MARK = "graphlab.profiling: the pass"
 
 
 def classify_host(name: str) -> str:
@@ -322,10 +328,14 @@ def from_profiler_events(events: Iterable, label: str, title: str = "", profiler
     and, from the GPU, kernels, copies and memsets; PyTorch's own operator events, Python
     functions and user annotations are left out.
     """
+    events = list(events)
+    window = _pass_window(events)
     host, device = [], []
     for e in events:
         name = str(getattr(e, "name", ""))
         start, end = float(e.time_range.start), float(e.time_range.end)
+        if window and not window[0] <= start <= window[1]:
+            continue  # the profiler's own calls around the pass
         act = _activity(e)
         corr = int(getattr(e, "id", 0) or 0)
         if _is_cuda_device(getattr(e, "device_type", None)):
@@ -347,6 +357,14 @@ def from_profiler_events(events: Iterable, label: str, title: str = "", profiler
     return Trace(host, device, label, modelled=False, title=title, profiler=profiler)
 
 
+def _pass_window(events: list) -> tuple | None:
+    """(start, end) of the CPU range PASS_MARK around the pass, where the trace has one."""
+    for e in events:
+        if str(getattr(e, "name", "")) == PASS_MARK and not _is_cuda_device(getattr(e, "device_type", None)):
+            return float(e.time_range.start), float(e.time_range.end)
+    return None
+
+
 # -- profiling --------------------------------------------------------------------------
 
 _PROFILER_READY: list = []
@@ -361,9 +379,9 @@ def _sim_installed() -> bool:
 
 
 def _real_profiler(fn: Callable[[], Any]):
-    """Run ``fn()`` and a synchronise under torch.profiler; return the profiler."""
+    """Run ``fn()`` and a synchronise under torch.profiler, inside PASS_MARK; return the profiler."""
     import torch
-    from torch.profiler import ProfilerActivity
+    from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
     prof = torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
@@ -371,8 +389,10 @@ def _real_profiler(fn: Callable[[], Any]):
         warnings.simplefilter("ignore")  # the profiler's own notices, not the learner's
         prof.__enter__()
     try:
-        fn()
-        torch.cuda.synchronize()
+        torch.cuda.synchronize()  # CUPTI's buffer request happens here, before the pass
+        with record_function(PASS_MARK):
+            fn()
+            torch.cuda.synchronize()
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -535,17 +555,31 @@ def plot_timeline(trace: Trace, ax: Any = None, title: str | None = None, xlim: 
 
 
 def plot_timelines(traces: Mapping[str, Trace], sharex: bool = True, xlim: tuple | None = None,
-                   width: float = 10.0):
-    """One timeline per trace, stacked, on a common time axis by default. Returns the Figure."""
+                   width: float = 10.0, zoom_us: float | None = None):
+    """One timeline per trace, stacked, on a common time axis by default. Returns the Figure.
+
+    ``zoom_us`` shows that many microseconds of each trace around its first kernel (from a
+    quarter of the window before it), each trace on its own axis: where the GPU work starts,
+    whatever the CPU did before (on a GPU, a launch under the profiler can take hundreds of
+    microseconds)."""
     import matplotlib.pyplot as plt
 
+    if zoom_us is not None and (not isinstance(zoom_us, (int, float)) or zoom_us <= 0):
+        raise ValueError(f"zoom_us must be a positive number of microseconds, not {zoom_us!r}")
     names = list(traces)
+    if zoom_us is not None:
+        sharex = False
     heights = [1.0 + 0.45 * (1 + len(traces[n].lanes)) for n in names]
     fig, axes = plt.subplots(len(names), 1, figsize=(width, sum(heights)), sharex=sharex,
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for i, (ax, name) in enumerate(zip(axes[:, 0], names)):
         t = traces[name]
-        plot_timeline(t, ax, title=f"{name}: {t.counts()}", xlim=xlim)
+        limits = xlim
+        if zoom_us is not None:
+            first = min((s.start_us for s in t.device), default=0.0)
+            start = max(0.0, first - zoom_us / 4)
+            limits = (start, start + zoom_us)
+        plot_timeline(t, ax, title=f"{name}: {t.counts()}", xlim=limits)
         if sharex and i < len(names) - 1:
             ax.set_xlabel("")
     if xlim is None and sharex:

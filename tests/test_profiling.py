@@ -111,6 +111,14 @@ def test_plots_draw_without_error(sim):
     assert [t.get_text() for t in ax.get_yticklabels()] == ["CPU", "GPU stream 0"]
     fig = profiling.plot_timelines(traces, xlim=(0, 50))
     assert len(fig.axes) == 2 and fig.axes[0].get_xlim() == (0, 50)
+    # zoom: each trace from a quarter of the window before its own first kernel
+    fig = profiling.plot_timelines(traces, zoom_us=40)
+    for ax, trace in zip(fig.axes, traces.values()):
+        first = trace.device[0].start_us
+        lo, hi = ax.get_xlim()
+        assert hi - lo == 40 and lo == max(0.0, first - 10)
+    with pytest.raises(ValueError, match="zoom_us must be a positive number"):
+        profiling.plot_timelines(traces, zoom_us=0)
     plt.close("all")
 
 
@@ -200,6 +208,25 @@ def test_profiler_events_keep_api_calls_and_device_work():
     assert [s.correlation for s in t.device if s.kind == "kernel"] == [5, 8, 8]
 
 
+def test_profiler_events_keep_only_the_marked_pass():
+    # what an H100 showed: CUPTI's buffer request (ms) and a primer sync before the pass, the
+    # profiler's closing sync after it; the trace must hold the pass alone
+    events = [
+        ev("cudaDeviceSynchronize", 0, 5),                         # profile()'s primer call
+        ev("Activity Buffer Request", 1, 2200),                    # CUPTI's start-up
+        ev(profiling.PASS_MARK, 2300, 2900),
+        ev("cudaStreamIsCapturing", 2305, 2310),
+        ev("cudaGraphLaunch", 2320, 2600, corr=9),
+        ev("k", 2610, 2830, device="CUDA", corr=9),
+        ev("cudaDeviceSynchronize", 2610, 2890),
+        ev("cudaDeviceSynchronize", 3000, 3010),                   # the profiler's exit
+    ]
+    t = profiling.from_profiler_events(events, "measured")
+    assert [s.name for s in t.host] == ["cudaStreamIsCapturing", "cudaGraphLaunch", "cudaDeviceSynchronize"]
+    assert t.syncs == 1 and t.kernels == 1
+    assert t.summary()["span_us"] == 2890 - 2305
+
+
 def test_profiler_events_filter_by_activity_type_when_present():
     events = [
         ev("cudaLaunchKernel", 0, 5, activity_type="cuda_runtime"),
@@ -254,4 +281,7 @@ def test_real_profiler_counts_match_the_simulator():
     assert (eager.kernel_launches, eager.graph_launches, eager.kernels) == (50, 0, 50), names
     assert (graphed.kernel_launches, graphed.graph_launches, graphed.kernels) == (0, 1, 50), names
     assert eager.summary()["busy_share"] < graphed.summary()["busy_share"]
+    # the pass alone: one synchronise each, the profiler's start-up outside the graphed pass
+    assert eager.syncs == graphed.syncs == 1, names
+    assert graphed.summary()["span_us"] < eager.summary()["span_us"]
     assert not eager.modelled and eager.label.startswith("measured on")
