@@ -242,18 +242,23 @@ def _host_clock_ms(modelled: bool) -> Callable[[], float]:
 
 
 def measure_host(
-    fn: Callable[[], Any], *, warmup: int = 0, repeat: int = 1, sync: bool = True
+    fn: Callable[[], Any], *, warmup: int = 0, repeat: int = 1, sync: "bool | str" = True
 ) -> Timing:
     """Host wall time of ``fn()`` (median of ``repeat`` calls after ``warmup`` calls).
 
     Use it for host-side phases: capture, ``instantiate()``, ``cudaGraphExecUpdate``.
     With ``sync=True`` the device is synchronised before the clock starts and again before
     it stops, so the time covers the work the call launched; with ``sync=False`` it is the
-    time until ``fn`` returns. The default ``repeat=1`` suits one-off phases such as a
-    capture; pass a larger ``repeat`` for calls that can be repeated.
+    time until ``fn`` returns, calls following each other with no wait (launches of work
+    still running can then block); with ``sync="before"`` the device is idle when each call
+    starts and the time is again until ``fn`` returns: the CPU cost of a launch call alone.
+    The default ``repeat=1`` suits one-off phases such as a capture; pass a larger
+    ``repeat`` for calls that can be repeated.
     """
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
+    if sync not in (True, False, "before"):
+        raise ValueError(f"sync must be True, False or 'before', not {sync!r}")
     modelled = _need_backend()
     import torch
 
@@ -267,7 +272,7 @@ def measure_host(
             cuda.synchronize()
         t0 = now()
         fn()
-        if sync:
+        if sync is True:
             cuda.synchronize()
         samples.append(float(now() - t0))
     return _make(samples, modelled)

@@ -236,6 +236,18 @@ def test_measure_host_repeat_and_no_sync(fake_sim):
     assert fake_sim.syncs == 0
 
 
+def test_measure_host_sync_before_only(fake_sim):
+    # the CPU cost of a launch call: the device idle at the start, the clock stopped at return
+    def fn():
+        fake_sim.clock.host_ms += 4.0
+
+    t = measure_host(fn, repeat=3, sync="before")
+    assert t.samples_ms == [4.0, 4.0, 4.0]
+    assert fake_sim.syncs == 3
+    with pytest.raises(ValueError, match="sync must be True, False or 'before'"):
+        measure_host(fn, sync="after")
+
+
 def test_measure_host_on_gpu_uses_perf_counter(fake_gpu, monkeypatch):
     now = [100.0]
     monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
