@@ -164,7 +164,14 @@ def _host_ms(fn, calls: int = 3) -> float:
     return statistics.median(times)
 
 
-def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, repeats: int, log) -> list:
+def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, repeats: int, log,
+             to_profile: list | None = None) -> list:
+    """Time every variant of one case; the GPU-busy profiles are left in ``to_profile``.
+
+    Profiling waits until every case is timed (``profile_rows``): on a GPU, once
+    torch.profiler has run in a process, its launches stay slower (an H100 measured a graph
+    replay call at 6 us before and 50-90 us after), and timings taken after it would carry that.
+    """
     import torch
 
     from graphlab_utils import models, timing
@@ -197,12 +204,14 @@ def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, rep
                 relative_error=models.relative_error(out, reference) if reference is not None else None,
                 finite=bool(torch.isfinite(out).all()),
             )
-            row["busy_share"] = _busy_share(lambda: fn(latents, prompt))
-            if hasattr(fn, "replay"):
-                row["busy_share_replay"] = _busy_share(fn.replay)
+            pending = (row, fn, latents, prompt)
+            if to_profile is None:
+                profile_rows([pending], log)
+            else:
+                to_profile.append(pending)
             log(f"  {name:<26} {row['ms_per_image']:9.2f} ms/image  "
                 f"{(row['speedup'] or 1.0):6.1f}x  rel.err {row['relative_error'] or 0.0:.1e}  "
-                f"busy {(row['busy_share'] or 0.0):.0%}  (setup {row['setup_s']:.1f} s)")
+                f"(setup {row['setup_s']:.1f} s)")
         except _Skipped as exc:
             row["skipped"] = str(exc)
             log(f"  {name:<26} skipped: {exc}")
@@ -215,6 +224,16 @@ def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, rep
             log("  eager failed: no reference; stopping this case")
             break
     return rows
+
+
+def profile_rows(pending: list, log) -> None:
+    """The GPU's busy share of each timed variant (and of its replay alone, for a graph)."""
+    for row, fn, latents, prompt in pending:
+        row["busy_share"] = _busy_share(lambda: fn(latents, prompt))
+        if hasattr(fn, "replay"):
+            row["busy_share_replay"] = _busy_share(fn.replay)
+        log(f"  {row['size']}x{row['size']}, batch {row['batch']}, {row['variant']:<26} "
+            f"busy {(row['busy_share'] or 0.0):.0%}")
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -429,14 +448,17 @@ def main(argv=None) -> int:
     _log(f"{device}: {cfg0.channels} channels, ~{ops} aten ops per UNet call, {steps} steps, sizes {sizes}, "
          f"batches {batches}; writing to {out_dir}")
     started = time.perf_counter()
-    rows = []
+    rows, to_profile = [], []
     for size in sizes:
         cfg = dataclasses.replace(cfg0, size=size)
         unet = models.build_unet(cfg, session.device, dtype)
         sched = models.DDIMSchedule(steps, session.device)
         for batch in batches:
             _log(f"latents {size}x{size}, batch {batch}")
-            rows += run_case(unet, sched, cfg, size, batch, variants, a.warmup, repeats, _log)
+            rows += run_case(unet, sched, cfg, size, batch, variants, a.warmup, repeats, _log, to_profile)
+    _log("GPU busy share of each variant (profiled after every timing)")
+    profile_rows(to_profile, _log)
+    del to_profile
     meta["wall_s"] = round(time.perf_counter() - started, 1)
 
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "targets": [
