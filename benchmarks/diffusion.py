@@ -144,28 +144,8 @@ def _busy_share(fn) -> float | None:
         return None
 
 
-def _host_ms(fn, calls: int = 3) -> float:
-    """Median CPU time of one call: from the call to its return, before waiting for the GPU.
-
-    Below the call's GPU time, the CPU runs ahead and the GPU never waits for it: removing
-    more host work cannot make that variant faster.
-    """
-    import statistics
-
-    import torch
-
-    times = []
-    for _ in range(calls):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        torch.cuda.synchronize()
-    return statistics.median(times)
-
-
 def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, repeats: int, log,
-             to_profile: list | None = None) -> list:
+             to_profile: list) -> list:
     """Time every variant of one case; the GPU-busy profiles are left in ``to_profile``.
 
     Profiling waits until every case is timed (``profile_rows``): on a GPU, once
@@ -190,7 +170,10 @@ def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, rep
             row["setup_s"] = round(time.perf_counter() - t0, 3)
             t = timing.measure(lambda: fn(latents, prompt), warmup=0, repeat=repeats)
             if not timing.is_modelled():  # the simulator's own Python time says nothing about a GPU's host
-                row["host_ms_per_call"] = _host_ms(lambda: fn(latents, prompt))
+                # CPU time of one call until it returns, the GPU idle at its start: below the call's GPU
+                # time the CPU runs ahead, and removing more host work cannot make the variant faster
+                row["host_ms_per_call"] = timing.measure_host(lambda: fn(latents, prompt), repeat=3,
+                                                              sync="before").median_ms
             out = fn(latents, prompt)
             torch.cuda.synchronize()
             if name == "eager":
@@ -204,11 +187,7 @@ def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, rep
                 relative_error=models.relative_error(out, reference) if reference is not None else None,
                 finite=bool(torch.isfinite(out).all()),
             )
-            pending = (row, fn, latents, prompt)
-            if to_profile is None:
-                profile_rows([pending], log)
-            else:
-                to_profile.append(pending)
+            to_profile.append((row, fn, latents, prompt))
             log(f"  {name:<26} {row['ms_per_image']:9.2f} ms/image  "
                 f"{(row['speedup'] or 1.0):6.1f}x  rel.err {row['relative_error'] or 0.0:.1e}  "
                 f"(setup {row['setup_s']:.1f} s)")

@@ -52,19 +52,9 @@ def _median_ms(fn, iters: int = 30, warmup: int = 5) -> float:
 
 def _kernels(fn) -> list:
     """(name, duration in us) of every kernel one call of ``fn`` runs, from torch.profiler."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    from graphlab_utils import profiling
 
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    out = []
-    for e in prof.events():
-        if str(getattr(e, "device_type", "")).endswith("CUDA") and e.name and not e.name.lower().startswith("mem"):
-            out.append((e.name, float(e.time_range.end - e.time_range.start)))
-    return out
+    return [(s.name, s.duration_us) for s in profiling.profile(fn, warmup=1).device if s.kind == "kernel"]
 
 
 def measure(name: str, steps: int, size: int, top: int) -> dict:

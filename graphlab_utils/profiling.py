@@ -25,7 +25,8 @@ profiler has start-up work of its own: at the first CUDA call it records, CUPTI 
 activity buffer (an ``Activity Buffer Request`` event, milliseconds long). So ``profile``
 makes one ``torch.cuda.synchronize()`` inside the profiler before the pass, marks the pass
 with ``torch.profiler.record_function(PASS_MARK)``, and keeps only what falls inside the
-mark (the profiler's closing synchronise is left out too). A trace holds exactly one pass: on a GPU, a chain of N elementwise ops shows N ``cudaLaunchKernel``
+mark (the profiler's closing synchronise is left out too). A trace holds exactly one pass:
+on a GPU, a chain of N elementwise ops shows N ``cudaLaunchKernel``
 calls and N kernels; one replay of its graph shows one ``cudaGraphLaunch`` and N kernels.
 
 Launch calls are recognised by the prefix of their name, because CUDA versions and the

@@ -87,7 +87,7 @@ def test_step_floor_needs_a_gpu_and_renders_its_table(tmp_path):
 
     proc = subprocess.run([sys.executable, "benchmarks/diffusion_floor.py", "--out", str(tmp_path / "floor")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 2 and "measures a real GPU" in proc.stderr
     spec = importlib.util.spec_from_file_location("diffusion_floor", ROOT / "benchmarks" / "diffusion_floor.py")
     floor = importlib.util.module_from_spec(spec)

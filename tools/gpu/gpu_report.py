@@ -69,12 +69,12 @@ def _capstone(capstone: dict, where: Path, figdir: Path, rel: str) -> list:
     lines = ["## Capstone: the diffusion sampler (lesson 09), every variant side by side", "",
              "Command: `python3 benchmarks/diffusion.py --repeats 5` (and `--dtype float16`); the full results, "
              "with the targets, are under [reports/diffusion](../diffusion/README.md).", ""]
+    diffusion = _benchmark("diffusion")  # the benchmark's own table, so the two reports cannot disagree
     for name, run in sorted(capstone.get("runs", {}).items(), key=lambda kv: kv[0] != "float32"):
         data = run.get("data")
         if not data:
             lines += [f"### {name}: no results (exit {run.get('returncode')})", "", "```text", run.get("tail", ""), "```", ""]
             continue
-        diffusion = _benchmark("diffusion")  # the benchmark's own table, so the two reports cannot disagree
 
         table = diffusion.markdown(data["meta"], data["rows"]).split("\n")
         start = next(i for i, line in enumerate(table) if line.startswith("| latents"))
