@@ -18,7 +18,6 @@ PyTorch is imported inside the functions, so ``import graphlab_utils`` stays che
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 from dataclasses import dataclass
@@ -31,8 +30,13 @@ __all__ = [
     "BackendError",
     "ENV_VAR",
     "Session",
+    "calibration_gpu_name",
     "choose_backend",
+    "current",
+    "device",
     "gpu_available",
+    "gpu_name",
+    "is_simulated",
     "setup",
 ]
 
@@ -114,17 +118,20 @@ def gpu_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _calibration_gpu_name() -> str:
+def calibration_gpu_name() -> str:
     """The GPU the simulator's cost model was calibrated on, or a generic phrase."""
     try:
-        costmodel = importlib.import_module("graphlab_utils.costmodel")
-        name = costmodel.load().gpu_name
+        import importlib
+
+        name = importlib.import_module("graphlab_utils.simulator.costmodel").load().gpu_name
     except Exception:
         return FALLBACK_CALIBRATION_GPU
     return str(name) if name else FALLBACK_CALIBRATION_GPU
 
 
 def _simulator_module():
+    import importlib  # through sys.modules, so a test can stand in a module of its own
+
     try:
         return importlib.import_module("graphlab_utils.simulator")
     except ImportError as exc:
@@ -141,6 +148,63 @@ def _simulator_if_loaded():
 def _is_installed(simulator) -> bool:
     check = getattr(simulator, "is_installed", None)
     return bool(check()) if callable(check) else False
+
+
+# -- the one answer to "which backend runs in this process" ---------------------------------
+_CURRENT: list = []  # the Session setup() made in this process (children inherit GRAPHLAB_BACKEND)
+
+NOT_SET_UP = (
+    "graphlab_utils.setup() has not run in this process and it has no GPU: run the notebook's "
+    "setup cell at the top first (it installs the simulator when no GPU is present)"
+)
+
+
+def is_simulated() -> bool:
+    """True while the simulator stands in for torch.cuda (timings are modelled)."""
+    simulator = _simulator_if_loaded()
+    return simulator is not None and _is_installed(simulator)
+
+
+def current() -> Session:
+    """The backend of this process: the Session ``setup()`` made, else what is in place now.
+
+    Code that runs without ``setup()`` (a test that installed the simulator, a script on a GPU
+    machine) gets a Session that describes the state it finds: the simulator when it is
+    installed, the GPU when PyTorch sees one. With neither, :class:`BackendError` says to run
+    the setup cell first.
+    """
+    simulated = is_simulated()
+    if _CURRENT and _CURRENT[-1].is_sim == simulated:
+        return _CURRENT[-1]
+    import torch
+
+    if simulated:
+        return _sim_session(torch, seed=0)
+    if gpu_available():
+        return _real_session(torch, seed=0)
+    raise BackendError(NOT_SET_UP)
+
+
+def device():
+    """The device this process's tensors live on: ``cuda`` on a GPU, ``cpu`` under the simulator."""
+    return current().device
+
+
+def gpu_name() -> str:
+    """The GPU the figures come from: the real one, or the one the cost model was calibrated on."""
+    return current().gpu_name
+
+
+def _sim_session(torch, seed: int) -> Session:
+    name = calibration_gpu_name()
+    return Session(backend="sim", device=torch.device("cpu"), gpu_name=name, torch_version=torch.__version__,
+                   timing_label=f"modelled (calibrated on {name})", cuda_version=None, seed=seed)
+
+
+def _real_session(torch, seed: int) -> Session:
+    name = torch.cuda.get_device_name(0)
+    return Session(backend="real", device=torch.device("cuda"), gpu_name=name, torch_version=torch.__version__,
+                   timing_label=f"measured on {name}", cuda_version=torch.version.cuda, seed=seed)
 
 
 def _fix_seeds(seed: int, real: bool) -> None:
@@ -173,16 +237,7 @@ def setup(backend: str | None = None, seed: int = 0, quiet: bool = False) -> Ses
         # Simulated tensors are small and every op pays Python overhead: one CPU thread is
         # faster than a thread pool, and keeps parallel test runs from oversubscribing cores.
         torch.set_num_threads(1)
-        gpu_name = _calibration_gpu_name()
-        session = Session(
-            backend="sim",
-            device=torch.device("cpu"),
-            gpu_name=gpu_name,
-            torch_version=torch.__version__,
-            timing_label=f"modelled (calibrated on {gpu_name})",
-            cuda_version=None,
-            seed=seed,
-        )
+        session = _sim_session(torch, seed)
         reason = "GRAPHLAB_BACKEND=sim" if has_gpu else "no NVIDIA GPU"
         line = (
             f"graphlab: simulator backend ({reason}): torch.cuda graph API simulated on "
@@ -192,20 +247,12 @@ def setup(backend: str | None = None, seed: int = 0, quiet: bool = False) -> Ses
         simulator = _simulator_if_loaded()
         if simulator is not None and _is_installed(simulator):
             simulator.uninstall()
-        gpu_name = torch.cuda.get_device_name(0)
-        session = Session(
-            backend="real",
-            device=torch.device("cuda"),
-            gpu_name=gpu_name,
-            torch_version=torch.__version__,
-            timing_label=f"measured on {gpu_name}",
-            cuda_version=torch.version.cuda,
-            seed=seed,
-        )
+        session = _real_session(torch, seed)
         line = (
-            f"graphlab: real backend on {gpu_name} (torch {torch.__version__}, "
+            f"graphlab: real backend on {session.gpu_name} (torch {torch.__version__}, "
             f"CUDA {torch.version.cuda}); timings measured with CUDA events"
         )
+    _CURRENT[:] = [session]  # current() answers from here; child processes get it through isolation
 
     _fix_seeds(seed, real=chosen == "real")
     torch.set_printoptions(precision=4, sci_mode=False)

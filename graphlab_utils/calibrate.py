@@ -4,7 +4,7 @@ Usage::
 
     graphlab calibrate                 # measure, print the calibration JSON
     graphlab calibrate --out FILE      # ... and write it to FILE
-    graphlab calibrate --write         # ... and replace graphlab_utils/data/calibration.json
+    graphlab calibrate --write         # ... and replace graphlab_utils/simulator/data/calibration.json
     python -m graphlab_utils.calibrate [same options]
 
 What is measured (after warm-up; medians; CUDA events for device time, ``perf_counter``
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the calibration JSON to this file")
     parser.add_argument(
         "--write", action="store_true",
-        help="replace the packaged calibration file (graphlab_utils/data/calibration.json)",
+        help="replace the packaged calibration file (graphlab_utils/simulator/data/calibration.json)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke test)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         record["source"] = "graphlab calibrate --quick"
     text = json.dumps(record, indent=2) + "\n"
     print(text, end="")
-    from graphlab_utils import costmodel
+    from graphlab_utils.simulator import costmodel
 
     usable = all(v is not None for k, v in record["constants"].items())
     targets = []

@@ -44,7 +44,7 @@ def scenario(number: int, title: str, expected: dict, isolated: bool = False):
 
 
 def _err(exc: BaseException) -> dict:
-    from graphlab_utils.simulator.errors import error_name_in
+    from graphlab_utils.errors import error_name_in
 
     return {"raised": type(exc).__name__, "cuda_error": error_name_in(str(exc))}
 

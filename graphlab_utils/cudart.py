@@ -14,9 +14,9 @@ _MISSING = (
 
 def runtime():
     """The module behind `graphlab_utils.cudart` for the backend in use."""
-    from graphlab_utils import simulator
+    from graphlab_utils import backend
 
-    if simulator.is_installed():
+    if backend.is_simulated():
         from graphlab_utils.simulator import cudart as twin
 
         return twin

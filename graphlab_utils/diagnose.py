@@ -31,7 +31,7 @@ _MARK = "@@graphlab-site@@"
 _WRAPPER = '''
 import json as __json
 import traceback as __tb
-from graphlab_utils.simulator.errors import error_name_in as __error_name_in
+from graphlab_utils.errors import error_name_in as __error_name_in
 
 __code = {code!r}
 try:

@@ -8,9 +8,10 @@ For a learner before an interview, or an instructor collecting a room's labs::
 The notebook runs top to bottom in a fresh kernel of the current Python environment (the
 one that has the course installed), with ``allow_errors``: a cell that raises, such as an
 exercise stub's ``NotImplementedError``, does not stop the cells after it. Each check call
-prints ``[PASS] name: check passed`` or ``[HINT] name: not yet.`` followed by what it
-expected, what it saw and the idea (see :mod:`graphlab_utils.checks`); this command reads
-those lines and prints one row per exercise, then the hints.
+prints one line for the learner (a pass, or a hint with what it expected, what it saw and
+the idea) and leaves beside it a record of the same result as data (see
+:mod:`graphlab_utils.checks.core`); this command reads the records, never the printed text,
+and prints one row per exercise, then the hints.
 
 Exit status: 0 when every exercise passes, 1 when one does not (a hint, a stub not done, a
 cell that raised), 2 for bad input (no such file, not a notebook, a notebook without checks),
@@ -28,12 +29,9 @@ from pathlib import Path
 
 from .errors import GraphlabError
 
+
 __all__ = ["GradingError", "Exercise", "Report", "grade_notebook", "parse_outputs", "format_report", "main"]
 
-PASS_LINE = re.compile(r"^\[PASS\] (?P<name>.+): check passed\s*$")
-HINT_LINE = re.compile(r"^\[HINT\] (?P<name>.+): not yet\.\s*$")
-DETAIL_LINE = re.compile(r"^  (?P<key>expected|seen|idea):\s*(?P<text>.*)$")
-BACKEND_LINE = re.compile(r"^graphlab: (?P<what>(simulator|real) backend[^;:]*)")
 STUB = "NotImplementedError"
 DEMO_MARKER = "#graphlab-check:demo"  # a cell that shows a check on purpose-broken code
 
@@ -82,13 +80,21 @@ class Report:
 # ---------------------------------------------------------------------------------------
 # Reading a notebook's outputs
 # ---------------------------------------------------------------------------------------
-def _stream_text(cell) -> str:
-    parts = []
+def _records(cell) -> list[dict]:
+    """The check records a code cell's outputs hold, in the order the checks ran."""
+    from .checks.core import RECORD_MIME
+
+    found = []
     for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream" and out.get("name") == "stdout":
-            text = out.get("text", "")
-            parts.append(text if isinstance(text, str) else "".join(text))
-    return "".join(parts)
+        data = out.get("data") or {}
+        if out.get("output_type") in ("display_data", "execute_result") and RECORD_MIME in data:
+            record = data[RECORD_MIME]
+            if isinstance(record, dict) and "name" in record and "passed" in record:
+                found.append(record)
+    return found
+
+
+BACKEND_WORDS = {"sim": "simulator backend", "real": "real backend"}
 
 
 def _error(cell):
@@ -116,10 +122,10 @@ def _is_demo(source: str) -> bool:
 
 
 def parse_outputs(nb) -> tuple[list, str | None]:
-    """The exercises found in an executed notebook's outputs, and the backend line if printed.
+    """The exercises found in an executed notebook's check records, and the backend they ran on.
 
     Every check call is a row (a check called in two cells gives two rows, the second named
-    "name (cell N)"); a cell that raised before printing a check line is a row too. A cell
+    "name (cell N)"); a cell that raised before any check left a record is a row too. A cell
     marked with the comment ``# graphlab-check: demo`` shows a check on purpose-broken code
     (a hint is expected there): its rows are listed as "demo" and not graded.
     """
@@ -137,36 +143,18 @@ def parse_outputs(nb) -> tuple[list, str | None]:
         if cell.cell_type != "code":
             continue
         demo = _is_demo(cell.source)
-        lines = _stream_text(cell).splitlines()
-        seen_check = False
-        i = 0
-        while i < len(lines):
-            line = lines[i]
-            if backend is None and BACKEND_LINE.match(line):
-                backend = BACKEND_LINE.match(line).group("what").strip()
-            m = PASS_LINE.match(line)
-            if m:
-                add(Exercise(m.group("name"), "demo" if demo else "pass", cell=index))
-                seen_check = True
-                i += 1
-                continue
-            m = HINT_LINE.match(line)
-            if m:
-                details = {}
-                j = i + 1
-                while j < len(lines) and DETAIL_LINE.match(lines[j]):
-                    d = DETAIL_LINE.match(lines[j])
-                    details[d.group("key")] = d.group("text").strip()
-                    j += 1
-                status = "demo" if demo else "not done" if STUB in details.get("seen", "") else "hint"
-                add(Exercise(m.group("name"), status, details.get("expected", ""), details.get("seen", ""),
-                             details.get("idea", ""), index))
-                seen_check = True
-                i = j
-                continue
-            i += 1
+        records = _records(cell)
+        for record in records:
+            if backend is None and record.get("backend"):
+                backend = BACKEND_WORDS.get(record["backend"], str(record["backend"]))
+            if record["passed"]:
+                status = "pass"
+            else:
+                status = "not done" if STUB in str(record.get("seen", "")) else "hint"
+            add(Exercise(str(record["name"]), "demo" if demo else status, str(record.get("expected", "")),
+                         str(record.get("seen", "")), str(record.get("idea", "")), index))
         err = _error(cell)
-        if err is not None and not seen_check and not demo:
+        if err is not None and not records and not demo:
             ename, evalue = err
             status = "not done" if ename == STUB else "error"
             add(Exercise(f"cell {index}: {_cell_label(cell.source)}", status,

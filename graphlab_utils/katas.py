@@ -36,7 +36,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .checks._core import CheckResult, check as _check_decorator, fail, ok
+from .checks.core import CheckResult, check as _check_decorator, fail, ok
 
 __all__ = [
     "KATAS",
@@ -361,7 +361,7 @@ def _refuse_host_data(watch: _Watch, what: str) -> None:
 
 def _capture_failed(exc: BaseException, what: str):
     """Turn an exception raised while the learner's code captured into a hint."""
-    from graphlab_utils.simulator.errors import error_name_in
+    from graphlab_utils.errors import error_name_in
 
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, _Refused):

@@ -186,7 +186,7 @@ def scenario(name: str, device, labels: dict) -> dict:
 
 
 def _error_names(exc: BaseException) -> dict:
-    from graphlab_utils.simulator.errors import error_name_in
+    from graphlab_utils.errors import error_name_in
 
     context = exc.__context__
     return {

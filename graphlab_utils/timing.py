@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from graphlab_utils import backend
+
 __all__ = [
     "Timing",
     "measure",
@@ -39,44 +41,21 @@ __all__ = [
 # -- which clock ------------------------------------------------------------------------
 
 
-def _simulator() -> Any | None:
-    """The simulator module when it is installed, else None (absent package tolerated)."""
-    try:
-        from graphlab_utils import simulator  # noqa: PLC0415 (lazy on purpose)
-    except Exception:
-        return None
-    try:
-        return simulator if simulator.is_installed() else None
-    except Exception:
-        return None
-
-
 def is_modelled() -> bool:
     """True when timings come from the simulator's cost model."""
-    return _simulator() is not None
+    return backend.is_simulated()
 
 
 def _calibrated_gpu() -> str:
-    try:
-        from graphlab_utils import costmodel  # noqa: PLC0415
-
-        return costmodel.load().gpu_name
-    except Exception:
-        return "an unknown GPU"
+    return backend.calibration_gpu_name()
 
 
 def device_name() -> str:
     """The GPU the figures come from: the real one, or the one the cost model was calibrated on."""
-    if is_modelled():
-        return _calibrated_gpu()
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name()
-    except Exception:
-        pass
-    return "an unknown GPU"
+        return backend.gpu_name()
+    except backend.BackendError:
+        return "an unknown GPU"
 
 
 def label() -> str:

@@ -114,7 +114,7 @@ def test_setup_reads_graphlab_backend(monkeypatch):
 
 
 def test_setup_sim_session_fields(fake_simulator, monkeypatch):
-    monkeypatch.setattr(backend, "_calibration_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(backend, "calibration_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
     session = setup(quiet=True)
     assert session == Session(
         backend="sim",
@@ -132,7 +132,7 @@ def test_setup_sim_session_fields(fake_simulator, monkeypatch):
 
 
 def test_setup_prints_exactly_one_line(fake_simulator, monkeypatch, capsys):
-    monkeypatch.setattr(backend, "_calibration_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(backend, "calibration_gpu_name", lambda: "NVIDIA H100 80GB HBM3")
     setup()
     assert capsys.readouterr().out == (
         "graphlab: simulator backend (no NVIDIA GPU): torch.cuda graph API simulated on the "
@@ -176,8 +176,8 @@ def test_setup_without_simulator_module_raises(monkeypatch):
 
 
 def test_calibration_gpu_name_falls_back(monkeypatch):
-    monkeypatch.setitem(sys.modules, "graphlab_utils.costmodel", None)
-    assert backend._calibration_gpu_name() == "a real GPU"
+    monkeypatch.setitem(sys.modules, "graphlab_utils.simulator.costmodel", None)
+    assert backend.calibration_gpu_name() == "a real GPU"
 
 
 def test_gpu_available_matches_this_machine():

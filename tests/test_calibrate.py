@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphlab_utils import calibrate, costmodel, workloads
+from graphlab_utils import calibrate, workloads
+from graphlab_utils.simulator import costmodel
 
 ROOT = Path(__file__).resolve().parents[1]
 

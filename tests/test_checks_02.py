@@ -297,7 +297,7 @@ def block_unjoined_unshippable(x, w1, w2, side):
 
 
 def test_unshippable_answer_is_checked_in_process_with_a_restart_hint():
-    from graphlab_utils.simulator import capture as sim_capture
+    from graphlab_utils.simulator import graphs as sim_graphs
 
     global _SIDE_SCALE
     _SIDE_SCALE = torch.ones(1)
@@ -305,7 +305,7 @@ def test_unshippable_answer_is_checked_in_process_with_a_restart_hint():
         result = L.check_parallel_block(block_unjoined_unshippable, quiet=True)
         assert fails_with(result, "cudaErrorStreamCaptureUnjoined", "wait_stream(side)", "restart the kernel")
     finally:
-        sim_capture._rng["poisoned"] = False  # the failed capture poisoned this process's RNG, as on a GPU
+        sim_graphs._rng["poisoned"] = False  # the failed capture poisoned this process's RNG, as on a GPU
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Unit tests of graphlab_utils.costmodel (CPU only)."""
+"""Unit tests of graphlab_utils.simulator.costmodel (CPU only)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from graphlab_utils import costmodel
-from graphlab_utils.costmodel import CalibrationError, CostModel, estimate_op_cost, is_kernel_op
+from graphlab_utils.simulator import costmodel
+from graphlab_utils.simulator.costmodel import CalibrationError, CostModel, estimate_op_cost, is_kernel_op
 
 aten = torch.ops.aten
 

@@ -1,4 +1,4 @@
-"""`graphlab check`: reads check lines from a notebook's outputs, runs labs headless, and exits
+"""`graphlab check`: reads the checks' records from a notebook's outputs, runs labs headless, and exits
 0 (all pass), 1 (some do not) or 2 (bad input, one sentence)."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from graphlab_utils import grading
+from graphlab_utils.checks.core import RECORD_MIME, CheckResult
 
 REPO = Path(__file__).resolve().parents[1]
 # Lab 06 is one of the quickest labs to run (three checked exercises).
@@ -23,51 +24,68 @@ def graphlab(*args, cwd=REPO):
                           cwd=cwd, env=env, timeout=900)
 
 
-def cell(source, text="", error=None):
+def cell(source, *results, error=None, text=""):
+    """A code cell as a check leaves it: the printed line(s) and, beside each, its record."""
     c = new_code_cell(source)
-    if text:
-        c.outputs.append(new_output("stream", name="stdout", text=text))
+    printed = text + "".join(r.text() + "\n" for r in results)
+    if printed:
+        c.outputs.append(new_output("stream", name="stdout", text=printed))
+    for r in results:
+        c.outputs.append(new_output("display_data", data={"text/plain": "", RECORD_MIME: r.record()}))
     if error:
         c.outputs.append(new_output("error", ename=error[0], evalue=error[1], traceback=[]))
     return c
 
 
-HINT = ("[HINT] fresh noise per replay: not yet.\n"
-        "  expected: new noise on every replay\n"
-        "  seen:     the same noise on all 4 replays\n"
-        "  idea:     draw it on the device\n")
-STUB = ("[HINT] one graph per branch: not yet.\n"
-        "  expected: your implementation\n"
-        "  seen:     the exercise stub still raises NotImplementedError\n"
-        "  idea:     replace the `raise NotImplementedError(...)` line with your code\n")
+PASS = CheckResult("device-side selection", True)
+HINT = CheckResult("fresh noise per replay", False, "new noise on every replay",
+                   "the same noise on all 4 replays", "draw it on the device")
+STUB = CheckResult("one graph per branch", False, "your implementation",
+                   "the exercise stub still raises NotImplementedError",
+                   "replace the `raise NotImplementedError(...)` line with your code")
 
 
 # ---------------------------------------------------------------------------------------
 # Reading outputs (no kernel)
 # ---------------------------------------------------------------------------------------
-def test_parse_pass_hint_stub_and_backend():
+def test_parse_pass_hint_stub_and_backend(sim):
     nb = new_notebook(cells=[
         new_markdown_cell("# Lab"),
-        cell("S = gl.setup()", "graphlab: simulator backend (no NVIDIA GPU): torch.cuda graph API simulated; x\n"),
-        cell("r1 = check_device_select(f)", "[PASS] device-side selection: check passed\n"),
+        cell("S = gl.setup()", text="graphlab: simulator backend (no NVIDIA GPU): torch.cuda graph API simulated; x\n"),
+        cell("r1 = check_device_select(f)", PASS),
         cell("r2 = check_branch_graphs(g)", STUB),
         cell("r3 = check_fresh_noise(h)", HINT),
     ])
     rows, backend = grading.parse_outputs(nb)
-    assert backend == "simulator backend (no NVIDIA GPU)"
+    assert backend == "simulator backend"
     assert [(r.name, r.status) for r in rows] == [
         ("device-side selection", "pass"), ("one graph per branch", "not done"), ("fresh noise per replay", "hint")]
     assert rows[2].seen == "the same noise on all 4 replays" and rows[2].idea == "draw it on the device"
 
 
+def test_grading_reads_records_not_the_printed_text(sim):
+    """Whatever the printed lines say (here: nothing a regex could read), the records decide."""
+    nb = new_notebook(cells=[
+        cell("r1 = check_device_select(f)", PASS, HINT),
+    ])
+    nb.cells[0].outputs[0].text = "*** a reworded pass line ***\n~~~ and a reworded hint ~~~\n"
+    rows, _ = grading.parse_outputs(nb)
+    assert [(r.name, r.status) for r in rows] == [("device-side selection", "pass"), ("fresh noise per replay", "hint")]
+    assert rows[1].expected == "new noise on every replay"
+    text_only = new_notebook(cells=[new_code_cell("check()")])
+    text_only.cells[0].outputs.append(new_output("stream", name="stdout", text=PASS.text() + "\n"))
+    assert grading.parse_outputs(text_only) == ([], None)  # printed text alone is never read
+
+
 def test_parse_cells_that_raised_and_repeated_checks():
+    decoder = CheckResult("decoder", True)
     nb = new_notebook(cells=[
         cell("def f():\n    raise NotImplementedError", error=None),
         cell("GAINS = make()\n", error=("NotImplementedError", "Exercise: write the missing code")),
         cell("result = katas.check(\"kv-cache-reset\", KVCacheFixed)",
              error=("NameError", "name 'KVCacheFixed' is not defined")),
-        cell("check_decoder(A)", "[PASS] decoder: check passed\n"),
-        cell("check_decoder(B)", "[PASS] decoder: check passed\n"),
+        cell("check_decoder(A)", decoder),
+        cell("check_decoder(B)", decoder),
     ])
     rows, _ = grading.parse_outputs(nb)
     assert [(r.name, r.status) for r in rows] == [
@@ -80,9 +98,9 @@ def test_parse_cells_that_raised_and_repeated_checks():
 
 def test_a_demo_cell_is_listed_but_not_graded():
     nb = new_notebook(cells=[
-        cell("r = check_decoder(Fixed)", "[PASS] decoder: check passed\n"),
+        cell("r = check_decoder(Fixed)", CheckResult("decoder", True)),
         cell("# graphlab-check: demo\nr0 = check_decoder(Buggy)  # shows the hint",
-             HINT.replace("fresh noise per replay", "decoder")),
+             CheckResult("decoder", False, "x", "y", "z")),
     ])
     rows, _ = grading.parse_outputs(nb)
     report = grading.Report("x.ipynb", rows)
@@ -102,6 +120,18 @@ def test_report_exit_codes_and_text():
     assert grading.Report("lab.ipynb", [rows[0]]).exit_code == 0
     assert grading.Report("lab.ipynb", []).exit_code == 1
     assert grading.Report("lab.ipynb", [rows[0]], stopped="DeadKernelError").exit_code == 1
+
+
+def test_nbval_leaves_check_records_out_of_the_comparison():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", REPO / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    assert conftest.RECORD_MIME == RECORD_MIME
+    record = new_output("display_data", data={"text/plain": "", RECORD_MIME: PASS.record()})
+    shown = new_output("display_data", data={"text/plain": "a picture"})
+    assert conftest._is_check_record(record) and not conftest._is_check_record(shown)
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +169,7 @@ def test_a_solved_lab_passes(tmp_path):
     assert "[simulator backend" in r.stdout.splitlines()[0]
     assert r.stdout.rstrip().endswith("All done.")
     assert " hint" not in r.stdout and "not done" not in r.stdout
-    assert "[PASS]" in saved.read_text()
+    assert "[PASS]" in saved.read_text() and RECORD_MIME in saved.read_text()
 
 
 def test_an_unsolved_lab_fails_and_keeps_going():

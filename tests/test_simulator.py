@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import graphlab_utils
-from graphlab_utils import costmodel, simulator
+from graphlab_utils import simulator
+from graphlab_utils.simulator import costmodel
 from graphlab_utils.simulator import cudart as rt
 from graphlab_utils.simulator.clock import CLOCK
 from graphlab_utils.simulator.memory import ALLOCATOR

@@ -7,6 +7,6 @@ expected, what was seen, and which idea explains the gap.
 """
 from __future__ import annotations
 
-from ._core import CheckResult, check, fail, ok, ok_timings
+from .core import CheckResult, check, fail, ok, ok_timings
 
 __all__ = ["CheckResult", "check", "fail", "ok", "ok_timings"]

@@ -27,8 +27,10 @@ from __future__ import annotations
 import math
 import random
 
-from ._core import check, fail, ok, ok_timings
-from ._core import device as _device, side_warm_up
+from graphlab_utils.recipes import close, plural, seeded_randn, warm_up
+
+from .core import check, fail, ok, ok_timings
+from .core import device as _device
 
 __all__ = [
     "TOLERANCE",
@@ -53,26 +55,6 @@ RTOL, ATOL = 1e-4, 1e-5
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
-def _randn(seed: int, n: int = 256):
-    """The same numbers on both backends: drawn on the CPU with a private generator, then moved."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, generator=gen).to(_device())
-
-
-def _close(a, b) -> bool:
-    import torch
-
-    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
-        return False
-    return bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL))
-
-
-def _side_warm_up(fn, iters: int = 3) -> None:
-    side_warm_up(fn, iters)
-
-
 def _runs(counter) -> int:
     import torch
 
@@ -91,7 +73,7 @@ class _Probe:
     def __init__(self, seed: int = 1):
         import torch
 
-        self.x = _randn(seed)
+        self.x = seeded_randn(seed, 256, device=_device())
         self.runs = torch.zeros((), device=_device())
         self.log: list[tuple[bool, bool]] = []
 
@@ -113,10 +95,6 @@ class _Probe:
         )
         self.runs.add_(1)
         return self.reference(self.x)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,7 +122,7 @@ def check_capture(warm_up, capture):
     on_default = sum(1 for _, default in calls if default)
     ok(on_default == 0,
        "fn runs on a side stream: a torch.cuda.Stream() that waits for the current stream",
-       f"{on_default} of {_plural(len(calls), 'call')} ran on the default stream",
+       f"{on_default} of {plural(len(calls), 'call')} ran on the default stream",
        "PyTorch's recipe: side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream()); "
        "run fn under `with torch.cuda.stream(side):`; then torch.cuda.current_stream().wait_stream(side)")
     ok(torch.cuda.current_stream() == before,
@@ -171,7 +149,7 @@ def check_capture(warm_up, capture):
     captured = sum(1 for capturing, _ in during if capturing)
     ok(captured == 1,
        "fn called exactly once inside `with torch.cuda.graph(g):`",
-       f"fn called {_plural(captured, 'time')} inside a capture",
+       f"fn called {plural(captured, 'time')} inside a capture",
        "one call of fn in the capture records one pass; two calls would record the work twice, "
        "and none records an empty graph")
     eager_in_capture_fn = len(during) - captured
@@ -198,11 +176,11 @@ def check_capture(warm_up, capture):
        "a capture records kernels without launching them")
 
     graph.instantiate()
-    new = _randn(seed=2)
+    new = seeded_randn(2, 256, device=_device())
     probe.x.copy_(new)
     graph.replay()
     torch.cuda.synchronize()
-    ok(_close(static_out, _Probe.reference(new)),
+    ok(close(static_out, _Probe.reference(new)),
        "after instantiate() and replay(), static_out holds fn's result for the input now in the static buffer",
        "it holds something else",
        "return the very tensor fn returned inside the capture, not a clone and not an eager result: "
@@ -218,7 +196,7 @@ def check_replay(replay):
     import torch
 
     probe = _Probe(seed=3)
-    _side_warm_up(probe)
+    warm_up(probe)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_out = probe()
@@ -226,7 +204,7 @@ def check_replay(replay):
     first = static_x.clone()
     previous = first
     for i, seed in enumerate((4, 5, 6), start=1):
-        new_x = _randn(seed)
+        new_x = seeded_randn(seed, 256, device=_device())
         runs_before = _runs(probe.runs)
         result = replay(graph, static_x, static_out, new_x)
         runs = _runs(probe.runs) - runs_before
@@ -243,10 +221,10 @@ def check_replay(replay):
            f"{type(result).__name__}",
            "return static_out (or a clone of it) after the replay")
         expected = _Probe.reference(new_x)
-        if _close(result, expected):
+        if close(result, expected):
             previous = new_x
             continue
-        if _close(result, _Probe.reference(first)) or _close(result, _Probe.reference(previous)):
+        if close(result, _Probe.reference(first)) or close(result, _Probe.reference(previous)):
             fail(f"call {i}: fn's result for new_x",
                  "the result for an earlier input",
                  "the graph reads the memory of static_x, not the Python name: copy the new values in "
@@ -276,7 +254,7 @@ def _reference_phases(fn) -> dict:
 
     from graphlab_utils import timing
 
-    _side_warm_up(fn)
+    warm_up(fn)
     graph = torch.cuda.CUDAGraph(keep_graph=True)
     box = {}
 

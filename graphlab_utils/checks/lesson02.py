@@ -29,8 +29,8 @@ import inspect
 import textwrap
 import types
 
-from ._core import check, fail, ok
-from ._core import device as _device, close as _close, describe as _describe
+from .core import check, fail, ok
+from .core import device as _device, close as _close, describe as _describe
 
 __all__ = [
     "check_parallel_block",
@@ -313,7 +313,7 @@ def _capture_failed(result, ideas: dict, fallback: str) -> None:
 
 def _in_process(trial, fn, ideas: dict, fallback: str):
     """Run a trial in this process; a capture error becomes a hint that also says to restart."""
-    from graphlab_utils.simulator.errors import error_name_in
+    from graphlab_utils.errors import error_name_in
 
     try:
         return trial(fn)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import math
 
-from ._core import check, fail, ok
-from ._core import device as _device
+from .core import check, fail, ok
+from .core import device as _device
 
 __all__ = [
     "STEP",

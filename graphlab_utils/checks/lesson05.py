@@ -33,8 +33,10 @@ import itertools
 import math
 import random
 
-from ._core import check, fail, ok
-from ._core import device as _device
+from graphlab_utils.recipes import close, error_line, plural, seeded_randn
+
+from .core import check, fail, ok
+from .core import device as _device
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -187,14 +189,6 @@ def brute_force_buckets(traffic: dict, k: int) -> list:
 # ---------------------------------------------------------------------------------------
 # Helpers of the runner checks
 # ---------------------------------------------------------------------------------------
-def _randn(seed: int, *shape):
-    """The same numbers on both backends: drawn on the CPU with a private generator, then moved."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(_device())
-
-
 def _linear(n_in: int, n_out: int, gen):
     import torch
 
@@ -249,21 +243,6 @@ def _counts(probe) -> list:
 
     torch.cuda.synchronize()
     return [int(round(v)) for v in probe.runs.tolist()]
-
-
-def _close(a, b) -> bool:
-    import torch
-
-    return isinstance(a, torch.Tensor) and a.shape == b.shape and bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _counter(runner, name: str) -> int:
@@ -345,7 +324,7 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
     eager0 = _counter(runner, "eager_calls")
     replays = eager = 0
     for i, n in enumerate(calls):
-        x = _randn(seed * 1000 + i, n, width)
+        x = seeded_randn(seed * 1000 + i, n, width, device=_device())
         reference = probe.net(x)
         log_at = len(probe.log)
         before = _counts(probe)
@@ -354,7 +333,7 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
         except RuntimeError as exc:
             if n > largest:
                 fail(f"a batch of {n} (> the largest bucket {largest}) runs the model eagerly",
-                     _first_line(exc),
+                     error_line(exc),
                      "no graph holds more rows than its bucket: when can_run(n) is False, call the model "
                      "on x directly (SGLang falls back to the eager forward)")
             raise
@@ -388,7 +367,7 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
                      "for nothing")
             ok(ran[b] == 1,
                f"{what}: the graph of bucket {b} replayed once",
-               f"it ran {_plural(ran[b], 'time')}",
+               f"it ran {plural(ran[b], 'time')}",
                "replay once per call: each replay costs a launch and overwrites the output")
             replays += 1
         else:
@@ -412,7 +391,7 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
                 idea = ("the padded rows came back too: slice the real rows, static_out[:n]; the padding "
                         "rows hold results for whatever sat in the static input")
             fail(f"{what}: a tensor of shape {tuple(reference.shape)}", f"shape {tuple(out.shape)}", idea)
-        ok(_close(out, reference),
+        ok(close(out, reference),
            f"{what}: the model's result for x",
            "other values",
            "copy x into the first n rows of the static input the graph reads (static_in[:n].copy_(x)), "
@@ -452,9 +431,9 @@ def check_runner_speed(Runner):
     width = 256
     model = mlp(width)
     runner = Runner(model, list(DEFAULT_BUCKETS), width, _device())
-    x = _randn(7, 5, width)
+    x = seeded_randn(7, 5, width, device=_device())
     out = runner(x)
-    ok(_close(out, model(x)),
+    ok(close(out, model(x)),
        "the runner's result for a batch of 5 equals the model's",
        "other values",
        "make check_runner pass first")
@@ -525,7 +504,7 @@ def check_choose_buckets(choose_buckets):
            "return the buckets as a list of ints, for example [4, 16, 32]")
         ok(len(buckets) <= k,
            f"{name}: at most k={k} buckets",
-           f"{_plural(len(buckets), 'bucket')}: {buckets}",
+           f"{plural(len(buckets), 'bucket')}: {buckets}",
            "each bucket is a graph to capture and keep in memory: k is the budget")
         top = max(traffic)
         ok(max(buckets) >= top,

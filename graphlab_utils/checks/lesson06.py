@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import math
 
-from ._core import check, fail, ok, ok_timings
-from ._core import device as _device, side_warm_up
+from graphlab_utils.recipes import close, plural, seeded_randn, warm_up
+
+from .core import check, fail, ok, ok_timings
+from .core import device as _device
 
 __all__ = [
     "PATHS",
@@ -63,27 +65,6 @@ def chain(x, n_ops: int, step: float = STEP):
     for _ in range(n_ops):
         y = y + step
     return y
-
-
-def _randn(seed: int):
-    """The same numbers on both backends: drawn on the CPU with a private generator, then moved."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(NUMEL, generator=gen).to(_device())
-
-
-def _close(a, b) -> bool:
-    import torch
-
-    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
-        return False
-    torch.cuda.synchronize()
-    return bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL))
-
-
-def _side_warm_up(fn, iters: int = 2) -> None:
-    side_warm_up(fn, iters)
 
 
 def _capture(fn, pool=None):
@@ -137,10 +118,6 @@ class _Work:
         return chain(self.x, self.n_ops)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 # ---------------------------------------------------------------------------------------
 # Exercise 1: capture the same work on the new buffers, ready for an update
 # ---------------------------------------------------------------------------------------
@@ -150,12 +127,12 @@ def check_capture_on(capture_on):
     ``CUDAGraph(keep_graph=True)`` in ``graph``'s pool, not instantiated."""
     import torch
 
-    old = _Work(_randn(1), CHECK_OPS)
-    _side_warm_up(old)
+    old = _Work(seeded_randn(1, NUMEL, device=_device()), CHECK_OPS)
+    warm_up(old, 2)
     graph, _old_out = _capture(old)
     graph.instantiate()
     graph.replay()
-    new = _Work(_randn(2), CHECK_OPS)  # the same work on a new buffer: a new address
+    new = _Work(seeded_randn(2, NUMEL, device=_device()), CHECK_OPS)  # the same work on a new buffer: a new address
 
     result = capture_on(graph, new)
     ok(isinstance(result, tuple) and len(result) == 2,
@@ -179,7 +156,7 @@ def check_capture_on(capture_on):
     captured = sum(1 for capturing in new.log if capturing)
     ok(captured == 1,
        "fn called exactly once inside the capture",
-       f"fn called {_plural(captured, 'time')} inside a capture",
+       f"fn called {plural(captured, 'time')} inside a capture",
        "one call records one pass; the update needs the same topology as the graph in use, "
        "and two calls would record twice the nodes")
     ok(_keeps_graph(new_graph),
@@ -205,9 +182,9 @@ def check_capture_on(capture_on):
        "cudaGraphExecUpdate(graph's exec, new_graph's graph) succeeds: the same topology",
        f"{err}",
        "capture exactly what fn does, once, and nothing else: any other node changes the topology")
-    new.x.copy_(_randn(3))  # new content at the new address: the graph must read it
+    new.x.copy_(seeded_randn(3, NUMEL, device=_device()))  # new content at the new address: the graph must read it
     graph.replay()
-    ok(_close(new_out, new.reference()),
+    ok(close(new_out, new.reference(), rtol=RTOL, atol=ATOL),
        "after the update, a replay of the graph in use writes fn's result for the new buffer's "
        "current content into new_out",
        "new_out holds something else",
@@ -246,15 +223,15 @@ def check_update_or_rebuild(update_or_rebuild):
     import torch
 
     keep = []  # every graph and output stays alive until the check ends
-    work = _Work(_randn(10), CHECK_OPS)
-    _side_warm_up(work)
-    _side_warm_up(_Work(work.x, CHECK_OPS + 1))
+    work = _Work(seeded_randn(10, NUMEL, device=_device()), CHECK_OPS)
+    warm_up(work, 2)
+    warm_up(_Work(work.x, CHECK_OPS + 1), 2)
     current, out = _capture(work)
     current.instantiate()
     current.replay()
     keep.append((current, out, work))
     for i, (what, n_ops, expected) in enumerate(_CASES, start=1):
-        new_work = _Work(_randn(10 + i), n_ops)
+        new_work = _Work(seeded_randn(10 + i, NUMEL, device=_device()), n_ops)
         new_graph, new_out = _capture(new_work, pool=current.pool())
         keep.append((new_graph, new_out, new_work))
         answer = _call_update_or_rebuild(update_or_rebuild, current, new_graph, what)
@@ -306,7 +283,7 @@ def check_update_or_rebuild(update_or_rebuild):
                "rebuild means new_graph.instantiate(): do it now, off the request's critical "
                "path, rather than inside the first replay")
         graph.replay()
-        ok(_close(new_out, new_work.reference()),
+        ok(close(new_out, new_work.reference(), rtol=RTOL, atol=ATOL),
            f"{what}: after a replay of the returned graph, the new capture's output holds the new result",
            "it holds something else",
            "after either path the results land in the new capture's output tensor: replaying the "
@@ -329,11 +306,11 @@ _TIMING_IDEAS = {
 
 def _switch_setup(seed: int):
     """A graph in use on a TIMING_OPS chain, and a function that captures it on new buffers."""
-    work = _Work(_randn(seed), TIMING_OPS)
-    _side_warm_up(work, iters=1)
+    work = _Work(seeded_randn(seed, NUMEL, device=_device()), TIMING_OPS)
+    warm_up(work, 1)
     graph, out = _capture(work)
     graph.instantiate()
-    new_x = _randn(seed + 1)
+    new_x = seeded_randn(seed + 1, NUMEL, device=_device())
     made = []
 
     def capture_new():

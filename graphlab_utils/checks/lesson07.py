@@ -27,8 +27,10 @@ budget leaves room for both backends.
 """
 from __future__ import annotations
 
-from ._core import check, fail, ok
-from ._core import device as _device
+from graphlab_utils.recipes import close, seeded_randn, warm_up
+
+from .core import check, fail, ok
+from .core import device as _device
 
 __all__ = [
     "MiB",
@@ -63,22 +65,6 @@ def tolerance(nbytes: float) -> float:
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
-def _randn(seed: int, *shape):
-    """The same numbers on both backends: drawn on the CPU with a private generator, then moved."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(_device())
-
-
-def _close(a, b) -> bool:
-    import torch
-
-    if not isinstance(a, torch.Tensor) or tuple(a.shape) != tuple(b.shape):
-        return False
-    return bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL))
-
-
 def _mib(nbytes) -> str:
     return f"{float(nbytes) / MiB:.1f} MiB"
 
@@ -109,8 +95,8 @@ def make_step(hidden: int = HIDDEN, seed: int = 7, log: list | None = None):
     """
     import torch
 
-    w = _randn(seed, hidden) * 0.5
-    b = _randn(seed + 1, hidden) * 0.1
+    w = seeded_randn(seed, hidden, device=_device()) * 0.5
+    b = seeded_randn(seed + 1, hidden, device=_device()) * 0.1
 
     def step(x):
         if log is not None and torch.cuda.is_current_stream_capturing():
@@ -121,17 +107,6 @@ def make_step(hidden: int = HIDDEN, seed: int = 7, log: list | None = None):
         return h
 
     return step
-
-
-def _side_warm_up(fn, iters: int = 2) -> None:
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(iters):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
 
 
 def _anchor():
@@ -177,9 +152,9 @@ def check_measure_capture(measure_capture):
     import torch
 
     step = make_step()
-    x = _randn(11, MEASURE_TOKENS, HIDDEN)
+    x = seeded_randn(11, MEASURE_TOKENS, HIDDEN, device=_device())
     fn = lambda: step(x)  # noqa: E731
-    _side_warm_up(fn)
+    warm_up(fn, 2)
     anchor = _anchor()  # noqa: F841 (kept alive on purpose)
     ref_graph, ref_out, ref_bytes = _reference_measure(fn)  # kept alive while the learner measures
     out_bytes = ref_out.numel() * ref_out.element_size()
@@ -205,11 +180,11 @@ def check_measure_capture(measure_capture):
        f"{type(nbytes).__name__}",
        "return torch.cuda.memory_reserved() after the capture minus the same figure before it")
 
-    new_x = _randn(12, MEASURE_TOKENS, HIDDEN)
+    new_x = seeded_randn(12, MEASURE_TOKENS, HIDDEN, device=_device())
     x.copy_(new_x)
     graph.replay()
     torch.cuda.synchronize()
-    ok(_close(out, step(new_x)),
+    ok(close(out, step(new_x)),
        "after x.copy_(new) and graph.replay(), the output holds fn's result for the new input",
        "the output does not match eager PyTorch",
        "capture fn itself (one call, no warm-up inside the capture) and return the tensor it returned")
@@ -257,7 +232,7 @@ def check_capture_buckets(capture_buckets):
     largest = max(buckets)
     log: list = []
     step = make_step(log=log)
-    _side_warm_up(lambda: step(_randn(3, largest, HIDDEN)))
+    warm_up(lambda: step(seeded_randn(3, largest, HIDDEN, device=_device())), 2)
     anchor = _anchor()  # noqa: F841 (kept alive on purpose)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -319,12 +294,12 @@ def check_capture_buckets(capture_buckets):
        "gets a private pool of its own and memory adds up graph by graph")
 
     for seed, b in enumerate((1, 16, 4, 2, 8), start=100):  # replayed in another order than captured
-        x = _randn(seed, b, HIDDEN)
+        x = seeded_randn(seed, b, HIDDEN, device=_device())
         static_in.zero_()
         static_in[:b].copy_(x)
         graphs[b].replay()
         torch.cuda.synchronize()
-        ok(_close(static_out[:b], step(x)),
+        ok(close(static_out[:b], step(x)),
            f"the graph of bucket {b} reads static_in[:{b}] and writes step's result to static_out[:{b}]",
            f"after static_in[:{b}].copy_(x) and a replay, static_out[:{b}] does not hold step(x)",
            "inside the capture write into the static output: static_out[:b].copy_(step(static_in[:b])). "

@@ -30,8 +30,8 @@ import inspect
 import textwrap
 import types
 
-from ._core import check, fail, ok
-from ._core import device as _device, close as _close, describe as _describe
+from .core import check, fail, ok
+from .core import device as _device, close as _close, describe as _describe
 
 __all__ = [
     "CAUSES",
@@ -446,7 +446,7 @@ def check_decode_step(fn):
     """``fn(h, w)``: ``softmax(relu(h @ w))`` (or ``(probs, flag)``) that a graph can capture."""
     import torch
 
-    from graphlab_utils.simulator.errors import error_name_in
+    from graphlab_utils.errors import error_name_in
 
     ok(callable(fn), "a function decode_step(h, w)", _describe(fn), "pass the function itself")
     h, w = decode_inputs()

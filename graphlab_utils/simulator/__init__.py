@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import capture as _capture
+from . import graphs as _graphs
 from . import memory as _memory
 from . import streams as _streams
 from .clock import CLOCK
@@ -42,11 +42,11 @@ def _reset_peak_memory_stats(device=None) -> None:
 
 def _cuda_names() -> dict:
     return {
-        "CUDAGraph": _capture.CUDAGraph,
-        "graph": _capture.graph,
-        "graph_pool_handle": _capture.graph_pool_handle,
-        "is_current_stream_capturing": _capture.is_current_stream_capturing,
-        "synchronize": _capture.synchronize,
+        "CUDAGraph": _graphs.CUDAGraph,
+        "graph": _graphs.graph,
+        "graph_pool_handle": _graphs.graph_pool_handle,
+        "is_current_stream_capturing": _graphs.is_current_stream_capturing,
+        "synchronize": _graphs.synchronize,
         "Stream": _streams.Stream,
         "stream": _streams.stream,
         "StreamContext": _streams.StreamContext,
@@ -68,8 +68,8 @@ def _host_read(name: str, copy: bool = False, copy_check: bool = False):
 
     def method(self, *args, **kwargs):
         if copy_check:
-            _capture.refuse_host_copy()
-        _capture.refuse_sync(None, f"tensor.{name}() (a copy to the host)")
+            _graphs.refuse_host_copy()
+        _graphs.refuse_sync(None, f"tensor.{name}() (a copy to the host)")
         CLOCK.sync_stream(_streams.current_stream().stream_id)
         if copy and not args and not kwargs:
             return self.clone()  # on a GPU .cpu() is a copy: later replays do not change it
@@ -111,8 +111,8 @@ def install() -> None:
         saved[("tensor", name)] = torch.Tensor.__dict__.get(name)
         setattr(torch.Tensor, name, value)
     # A new installation stands for a fresh process: a clean RNG, allocator and capture state.
-    _capture._rng["poisoned"] = False
-    _capture.Capture.live.clear()
+    _graphs._rng["poisoned"] = False
+    _graphs.Capture.live.clear()
     _memory.ALLOCATOR.reset()
     from .mode import _cublas
 

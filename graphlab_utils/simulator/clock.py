@@ -18,7 +18,7 @@ _MODEL: list = []
 def cost_model():
     """The calibrated cost model, loaded once (every simulated op asks for it)."""
     if not _MODEL:
-        from graphlab_utils import costmodel
+        from graphlab_utils.simulator import costmodel
 
         _MODEL.append(costmodel.load())
     return _MODEL[0]

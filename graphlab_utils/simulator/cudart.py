@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 
-from .capture import HANDLES, Node, SimGraphExec, SimGraphTemplate
+from .graphs import HANDLES, Node, SimGraphExec, SimGraphTemplate, write_dot
 from .clock import CLOCK, cost_model
 from .errors import ERROR_STRINGS, cudaError_t
 
@@ -116,21 +116,6 @@ def cudaGraphNodeGetType(node):
     if not isinstance(node, cudaGraphNode_t):
         return (cudaError_t.cudaErrorInvalidValue, None)
     return (cudaError_t.cudaSuccess, _KIND_TO_TYPE[node.node.kind])
-
-
-def write_dot(nodes: list[Node], path) -> None:
-    """A DOT file in the shape of cudaGraphDebugDotPrint's: one box per node, one edge per dependency."""
-    lines = ["digraph dot {", "subgraph cluster_1 {", 'label="graph_1" graph[style="dashed"];']
-    shapes = {"kernel": "octagon", "memcpy": "trapezium", "memset": "invtrapezium"}
-    for n in nodes:
-        # A GPU labels a kernel node with its index and mangled kernel name; we give the aten op.
-        lines.append(f'"graph_1_node_{n.index}"[style="bold" shape="{shapes[n.kind]}" label="{n.index}\n{n.name}\n"];\n')
-    for n in nodes:
-        for d in n.deps:
-            lines.append(f'"graph_1_node_{d}" -> "graph_1_node_{n.index}";')
-    lines += ["}", "}"]
-    with open(path if isinstance(path, str) else path.decode(), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
 
 
 def cudaGraphDebugDotPrint(graph, path, flags: int = 0):

@@ -13,62 +13,17 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .capture import active_captures, check_rng, refuse_host_copy, refuse_malloc, refuse_sync
+from graphlab_utils import ops
+
+from . import costmodel
+from .graphs import active_captures, check_rng, refuse_host_copy, refuse_malloc, refuse_sync
 from .clock import CLOCK, cost_model
 from .memory import ALLOCATOR
 from .streams import current_stream
 
 aten = torch.ops.aten
 
-# Ops that make the host wait for the device: a value or an output size must come back.
-_SYNC_OPS = {
-    aten._local_scalar_dense.default,
-    aten.is_nonzero.default,
-    aten.equal.default,
-    aten.nonzero.default,
-    aten.masked_select.default,
-    aten._unique2.default,
-    aten.unique_consecutive.default,
-    aten.unique_dim.default,
-    aten.repeat_interleave.Tensor,
-}
-# Ops through which Python data (a list, a NumPy array) becomes a tensor: on a GPU a copy
-# from pageable host memory, which PyTorch refuses on a capturing stream.
-_HOST_DATA_OPS = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
-# Ops that need a cuBLAS handle: PyTorch creates it on first use, and cublasCreate() cannot
-# run during a capture (seen on an H100: the first matmul of a process inside a capture fails).
-_CUBLAS_OPS = {
-    aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
-    aten.mv.default, aten.addmv.default, aten.dot.default,
-}
 _cublas = {"ready": False}
-_ALLOCATION_OPS = {
-    aten.empty.memory_format,
-    aten.empty_strided.default,
-    aten.empty_like.default,
-    aten.new_empty.default,
-    aten.new_empty_strided.default,
-}
-
-
-def _is_alias_op(func) -> bool:
-    try:
-        return _ALIAS[func]
-    except KeyError:
-        _ALIAS[func] = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
-        return _ALIAS[func]
-
-
-def _is_sync(func, args) -> bool:
-    if func in _SYNC_OPS:
-        return True
-    if func is aten.index.Tensor:  # x[mask]: a boolean index needs nonzero() first
-        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
-    return False
-
-
-def _op_name(func) -> str:
-    return func.__name__ if hasattr(func, "__name__") else str(func)
 
 
 def _mutated_results(func, args, kwargs, result):
@@ -114,30 +69,16 @@ def _shapes_of(func, args, kwargs):
         return func(*tree_map(clone, args), **tree_map(clone, kwargs))
 
 
-def _kernel_us(func, args, kwargs, out) -> float:
-    from graphlab_utils import costmodel
+def _op_label(func) -> str:
+    """The op as PyTorch names it in errors and traces (``_local_scalar_dense.default``)."""
+    return func.__name__ if hasattr(func, "__name__") else str(func)
 
+
+def _kernel_us(func, args, kwargs, out) -> float:
     nbytes, flops = costmodel.estimate_op_cost(func, args, kwargs, out)
     return cost_model().kernel_us(nbytes, flops, func)
 
 
-_KERNEL: dict = {}
-
-
-def _is_kernel(func) -> bool:
-    if func not in _KERNEL:
-        from graphlab_utils import costmodel
-
-        _KERNEL[func] = costmodel.is_kernel_op(func)
-    return _KERNEL[func]
-
-
-_ALIAS: dict = {}
-
-
-def _is_inplace_view(func) -> bool:
-    """squeeze_, unsqueeze_, t_, transpose_, as_strided_: they change a tensor's shape, not its bytes."""
-    return torch.Tag.inplace_view in func.tags
 _HOST_US: dict = {}
 
 
@@ -161,12 +102,12 @@ class SimMode(TorchDispatchMode):
         stream = current_stream()
         capture = stream.capture
 
-        if capture is not None and func in _HOST_DATA_OPS:
+        if capture is not None and ops.is_host_data(func):
             refuse_host_copy()  # torch.tensor(data, device=...) copies host memory to the device
-        if _is_sync(func, args):
-            refuse_sync(stream, f"{_op_name(func)} (a host sync, e.g. .item())")
+        if ops.is_sync(func, args):
+            refuse_sync(stream, f"{_op_label(func)} (a host sync, e.g. .item())")
             CLOCK.sync_stream(stream.stream_id)
-        if _is_alias_op(func) or _is_inplace_view(func):  # metadata only, no kernel on a GPU
+        if ops.is_alias(func) or ops.is_inplace_view(func):  # metadata only, no kernel on a GPU
             CLOCK.host_work(cost_model().eager_view_us)
             return func(*args, **kwargs)
         if capture is not None:
@@ -176,7 +117,7 @@ class SimMode(TorchDispatchMode):
     # -- outside capture -----------------------------------------------------------------
     def _run_eagerly(self, stream, func, args, kwargs):
         check_rng(func)
-        if func in _CUBLAS_OPS:
+        if ops.is_cublas(func):
             _cublas["ready"] = True
         result = func(*args, **kwargs)
         if func._schema.is_mutable:
@@ -186,20 +127,20 @@ class SimMode(TorchDispatchMode):
             if active_captures():
                 for t in flat:
                     if isinstance(t, torch.Tensor) and ALLOCATOR.would_grow(t.untyped_storage().nbytes(), ALLOCATOR.default, stream.stream_id):
-                        refuse_malloc(f"{_op_name(func)}")
+                        refuse_malloc(f"{_op_label(func)}")
             flat = [ALLOCATOR.adopt(t, ALLOCATOR.default, stream.stream_id) if isinstance(t, torch.Tensor) else t for t in flat]
             out = spec.unflatten(flat) if hasattr(spec, "unflatten") else torch.utils._pytree.tree_unflatten(flat, spec)
-        if func not in _ALLOCATION_OPS and _is_kernel(func):
-            CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), _eager_host_us(func), _op_name(func))
+        if not ops.is_allocation(func) and ops.is_kernel_op(func):
+            CLOCK.launch_kernel(stream.stream_id, _kernel_us(func, args, kwargs, out), _eager_host_us(func), _op_label(func))
         else:
             CLOCK.host_work(cost_model().eager_view_us)
         return out
 
     # -- during capture --------------------------------------------------------------------
     def _record(self, capture, stream, func, args, kwargs):
-        from .capture import TensorRef, _bind
+        from .graphs import TensorRef, _bind
 
-        if func in _CUBLAS_OPS and not _cublas["ready"]:
+        if ops.is_cublas(func) and not _cublas["ready"]:
             capture.invalidate("cublasCreate() during capture")
             raise RuntimeError(
                 "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`\n"
@@ -222,7 +163,7 @@ class SimMode(TorchDispatchMode):
             ]
             result = torch.utils._pytree.tree_unflatten(real, spec)
             outputs = [TensorRef(t) if isinstance(t, torch.Tensor) else None for t in real]
-        if func in _ALLOCATION_OPS:
+        if ops.is_allocation(func):
             return result  # an allocation from the graph's pool, not a node
         capture.add_node(
             stream,

@@ -61,7 +61,7 @@ class Stream:
         return event
 
     def synchronize(self) -> None:
-        from .capture import refuse_sync
+        from .graphs import refuse_sync
 
         refuse_sync(self, "stream.synchronize()")
         CLOCK.sync_stream(self.stream_id)

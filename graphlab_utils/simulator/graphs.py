@@ -396,8 +396,6 @@ class CUDAGraph:
         self._debug = True
 
     def debug_dump(self, debug_path: str) -> None:
-        from .cudart import write_dot
-
         nodes = (self._template or self._exec).nodes if (self._template or self._exec) else []
         if not self._debug:
             warnings.warn("CUDA Graphs debug not enabled, set with [graph].enable_debug_mode()", UserWarning, stacklevel=2)
@@ -473,3 +471,18 @@ def warn_invented_bytes(ref: TensorRef) -> None:
         SimulatorWarning,
         stacklevel=3,
     )
+
+
+def write_dot(nodes: list[Node], path) -> None:
+    """A DOT file in the shape of cudaGraphDebugDotPrint's: one box per node, one edge per dependency."""
+    lines = ["digraph dot {", "subgraph cluster_1 {", 'label="graph_1" graph[style="dashed"];']
+    shapes = {"kernel": "octagon", "memcpy": "trapezium", "memset": "invtrapezium"}
+    for n in nodes:
+        # A GPU labels a kernel node with its index and mangled kernel name; we give the aten op.
+        lines.append(f'"graph_1_node_{n.index}"[style="bold" shape="{shapes[n.kind]}" label="{n.index}\n{n.name}\n"];\n')
+    for n in nodes:
+        for d in n.deps:
+            lines.append(f'"graph_1_node_{d}" -> "graph_1_node_{n.index}";')
+    lines += ["}", "}"]
+    with open(path if isinstance(path, str) else path.decode(), "w") as fh:
+        fh.write("\n".join(lines) + "\n")

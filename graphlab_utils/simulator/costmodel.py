@@ -2,7 +2,7 @@
 
 On the simulator backend nothing runs on a GPU, so times are *modelled*. This module
 holds the model and its constants; the constants come from a calibration file
-(``graphlab_utils/data/calibration.json``) written by ``graphlab calibrate`` on a real
+(``graphlab_utils/simulator/data/calibration.json``) written by ``graphlab calibrate`` on a real
 GPU. Every figure the course derives from this model says "modelled (calibrated on
 <GPU>)".
 
@@ -66,6 +66,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from graphlab_utils.ops import is_kernel_op
+from graphlab_utils.ops import op_name as _op_name
 
 __all__ = [
     "CostModel",
@@ -240,7 +243,7 @@ def model_from_dict(data: Any, where: str = "calibration data") -> CostModel:
 
 def default_path() -> Path:
     """The calibration file ``load()`` reads: ``$GRAPHLAB_CALIBRATION`` when set, else the
-    packaged ``graphlab_utils/data/calibration.json``."""
+    packaged ``graphlab_utils/simulator/data/calibration.json``."""
     env = os.environ.get(ENV_VAR, "").strip()
     return Path(env).expanduser().resolve() if env else DEFAULT_PATH
 
@@ -277,39 +280,7 @@ load.cache_clear = _clear_cache  # type: ignore[attr-defined]
 
 # -- which ops launch kernels ----------------------------------------------------------
 
-# Ops that launch no kernel but are not recognisable from their schema alone.
-_NO_KERNEL_NAMES = frozenset(
-    {
-        # allocation only
-        "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided",
-        "empty_permuted", "_empty_affine_quantized", "_empty_per_channel_affine_quantized",
-        # metadata / storage manipulation
-        "set_", "resize_", "resize_as_", "_resize_output_", "_unsafe_view", "_reshape_alias",
-        "lift_fresh", "lift", "_nested_view_from_buffer",
-        "requires_grad_", "retain_grad", "_version", "_coalesced_", "record_stream",
-        "_unsafe_set_version_counter", "_propagate_xla_data", "_has_compatible_shallow_copy_type",
-        # host-side reads; a sync, not a kernel
-        "_local_scalar_dense", "item", "is_nonzero", "sym_size", "sym_stride", "sym_numel",
-        "sym_storage_offset", "size", "stride", "storage_offset", "dim", "numel",
-        "is_contiguous", "is_same_size", "is_complex", "is_floating_point",
-        # profiler / autograd bookkeeping
-        "_record_function_enter", "_record_function_enter_new", "_record_function_exit",
-        "_assert_async", "_functional_assert_async", "_assert_scalar", "_functional_assert_scalar",
-        "_assert_tensor_metadata", "sym_constrain_range", "sym_constrain_range_for_size",
-        "_print", "_make_dep_token",
-    }
-)
-
-
-def _op_name(func: Any) -> str:
-    """``aten.add.Tensor`` -> ``add``; tolerates any object."""
-    try:
-        return func._schema.name.split("::")[-1]
-    except Exception:
-        pass
-    name = getattr(func, "__name__", None) or str(func)
-    name = name.split("::")[-1]
-    return name.split(".")[0]
+# Which ops launch a kernel is the course's op taxonomy (graphlab_utils.ops): re-exported here.
 
 
 def _has_tag(func: Any, tag_name: str) -> bool:
@@ -320,50 +291,6 @@ def _has_tag(func: Any, tag_name: str) -> bool:
         return tag is not None and tag in getattr(func, "tags", ())
     except Exception:
         return False
-
-
-def _returns(func: Any) -> list:
-    try:
-        return list(func._schema.returns)
-    except Exception:
-        return []
-
-
-def _returns_tensor(ret: Any) -> bool:
-    t = str(getattr(ret, "type", ""))
-    return "Tensor" in t
-
-
-def is_kernel_op(func: Any) -> bool:
-    """Whether ``func`` (a ``torch._ops.OpOverload``) launches a kernel on a GPU.
-
-    False for views and other metadata-only ops (told apart by the schema: ``func.is_view``,
-    the ``inplace_view`` tag, returns that only alias an input without writing to it), for
-    allocations without initialisation (``empty``...), for ops that return no tensor
-    (``size``, ``sym_numel``...) and for host reads (``_local_scalar_dense``, ``item``: a sync,
-    not a kernel). True otherwise, including for ops this module does not know.
-    """
-    name = _op_name(func)
-    if name in _NO_KERNEL_NAMES:
-        return False
-    try:
-        if getattr(func, "is_view", False):
-            return False
-    except Exception:
-        pass
-    if _has_tag(func, "inplace_view"):
-        return False
-    rets = _returns(func)
-    if rets:
-        tensor_rets = [r for r in rets if _returns_tensor(r)]
-        if not tensor_rets:
-            return False
-        # All tensor results alias an input and none is written: a view in disguise
-        # (alias, detach, split, unbind, ... whichever are not flagged is_view).
-        aliased = [getattr(r, "alias_info", None) for r in tensor_rets]
-        if all(a is not None and not a.is_write for a in aliased):
-            return False
-    return True
 
 
 # -- bytes and FLOPs of one op --------------------------------------------------------

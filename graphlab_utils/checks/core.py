@@ -1,8 +1,23 @@
-"""The shared machinery of every lab check (see the package docstring)."""
+"""The shared machinery of every lab check (see the package docstring).
+
+A check prints one line (or a hint of four lines) for the learner, and leaves a record for
+tools beside it: a display output whose MIME bundle holds the result as JSON under
+``RECORD_MIME`` (with an empty ``text/plain`` so notebook front-ends show nothing more).
+``graphlab check`` reads those records, never the printed text; nbval leaves them out of its
+comparison (the repository's ``conftest.py``), so stored outputs hold with or without them.
+"""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+from graphlab_utils import backend, recipes
+from graphlab_utils.recipes import close, describe
+
+__all__ = ["RECORD_MIME", "CheckResult", "check", "fail", "ok", "ok_timings", "device", "close", "describe",
+           "side_warm_up"]
+
+RECORD_MIME = "application/vnd.graphlab.check+json"
 
 
 class _Fail(Exception):
@@ -34,6 +49,14 @@ class CheckResult:
             f"  idea:     {self.idea}"
         )
 
+    def record(self) -> dict:
+        """The result as data: what ``graphlab check`` reads from a notebook's outputs."""
+        try:
+            which = backend.current().backend
+        except backend.BackendError:
+            which = None
+        return {**asdict(self), "backend": which}
+
     def _repr_pretty_(self, p, cycle) -> None:  # IPython shows nothing extra after the printed line
         p.text("")
 
@@ -54,52 +77,17 @@ def ok(condition: bool, expected: str, seen: str, idea: str) -> None:
 
 def device():
     """The device the lesson's tensors live on: the GPU, or the CPU under the simulator."""
-    import torch
-
-    from graphlab_utils import simulator
-
-    if simulator.is_installed():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
+    try:
+        return backend.device()
+    except backend.BackendError:
         fail(
             "a GPU or the simulator",
             "neither: graphlab_utils.setup() has not run in this notebook",
             "run the setup cell at the top first: it installs the simulator when no GPU is present",
         )
-    return torch.device("cuda")
 
 
-def side_warm_up(fn, iters: int = 3) -> None:
-    """PyTorch's recipe before a capture: a few eager calls on a side stream, then join it."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(iters):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-
-
-def close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
-    """Both tensors, same shape, equal within the tolerances."""
-    import torch
-
-    return (
-        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-        and bool(torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol))
-    )
-
-
-def describe(value) -> str:
-    """A few words on what a learner's function returned, for a hint."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    if value is None:
-        return "None"
-    return f"a {type(value).__name__}"
+side_warm_up = recipes.warm_up  # the name the lesson checks use for PyTorch's warm-up recipe
 
 
 def ok_timings(result, keys, example: str, how: str, unit: str = "step") -> None:
@@ -123,6 +111,18 @@ def ok_timings(result, keys, example: str, how: str, unit: str = "step") -> None
            f"time a call that does the work of the {unit}")
 
 
+def _emit_record(result: CheckResult) -> None:
+    """Beside the printed line: the result as data, for ``graphlab check`` (only inside IPython)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    display({"text/plain": "", RECORD_MIME: result.record()}, raw=True)
+
+
 def check(name: str):
     """Decorate a check body: it prints one line and returns a CheckResult, whatever happens inside.
 
@@ -144,14 +144,14 @@ def check(name: str):
                     "replace the `raise NotImplementedError(...)` line with your code",
                 )
             except Exception as exc:  # noqa: BLE001 - learner code may raise anything
-                first = str(exc).splitlines()[0] if str(exc) else ""
                 result = CheckResult(
                     name, False, "code that runs to the end",
-                    f"{type(exc).__name__}: {first}",
+                    f"{type(exc).__name__}: {recipes.first_line(exc)}",
                     "read the error above: it comes from your code or from PyTorch, not from the check",
                 )
             if not quiet:
                 print(result.text())
+                _emit_record(result)
             return result
 
         return run
