@@ -804,9 +804,9 @@ with torch.cuda.graph(g):
     "at line": "5: scale = total.item()",
     "reported when the capture ended": "AcceleratorError (cudaErrorStreamCaptureInvalidated)"}, child=True)
 def capture_error_site(device):
-    from graphlab_utils import diagnose
+    from graphlab_utils import isolation
 
-    site = diagnose.capture_error_site(_BROKEN_CAPTURE)
+    site = isolation.capture_error_site(_BROKEN_CAPTURE)
     return {"first error": f"{site.first_type} ({site.first_cuda_error})",
             "at line": f"{site.line}: {site.source}",
             "reported when the capture ended": f"{site.reported_type} ({site.reported_cuda_error})"}
