@@ -4,6 +4,7 @@
 #   make test    set up the environment (first run only) and run the whole test suite
 #   make labs    regenerate labs/ from solutions/
 #   make doctor  report the environment and say what to fix
+#   make site    build the course as a website in build/site/ (from the notebooks' stored outputs)
 #
 # The environment is a virtualenv in $(VENV), created with $(BASE_PYTHON). PyTorch is
 # installed first, from $(TORCH_SPEC), only when the interpreter cannot import torch.
@@ -39,13 +40,14 @@ NBVAL_PATHS = $(sort $(wildcard notebooks/*.ipynb solutions/*.ipynb))
 # with PYTHON=... pointing elsewhere, `pip install -e .` runs every time.
 INSTALL_STAMP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),$(VENV)/.graphlab-installed,)
 
-.PHONY: help env lab test test-gpu labs doctor
+.PHONY: help env lab test test-gpu labs doctor site
 
 help:
 	@echo "make lab     open the course in JupyterLab (sets up $(or $(VENV),the environment) on first run)"
 	@echo "make test    run the whole test suite (same set-up)"
 	@echo "make labs    regenerate labs/ from solutions/"
 	@echo "make doctor  report the environment and say what to fix"
+	@echo "make site    build the course as a website: open build/site/index.html"
 	@echo "make test-gpu  on an NVIDIA GPU machine: unit tests, conformance on both backends, measured vs"
 	@echo "               modelled figures, strict nbval of every notebook on the real backend, the"
 	@echo "               capstone benchmark, and a report in reports/gpu/ (about 30 minutes on an H100)"
@@ -78,6 +80,7 @@ lab: env
 
 test: env
 	"$(PYTHON)" -m graphlab_utils build-labs --check
+	$(MAKE) --no-print-directory site
 	"$(PYTHON)" -m pytest $(PARALLEL) tests
 	@if [ -z "$(NBVAL_PATHS)" ]; then \
 		echo "make: no notebooks in notebooks/ or solutions/ yet: nothing for nbval to run"; \
@@ -101,3 +104,13 @@ labs: env
 
 doctor: env
 	"$(PYTHON)" -m graphlab_utils doctor
+
+# The course as a website, from the notebooks' stored outputs (nothing is executed): Sphinx with
+# myst-nb and sphinx-book-theme (the `site` extra, installed on first run). Fails on a broken link
+# or a page that does not render. Open build/site/index.html, or: python -m http.server -d build/site
+site: env
+	@if ! "$(PYTHON)" -c "import sphinx, myst_nb, sphinx_book_theme" >/dev/null 2>&1; then \
+		echo "make: installing the site tools (pip install -e '.[site]') into $(PYTHON)"; \
+		"$(PYTHON)" -m pip install -e ".[site]"; \
+	fi
+	"$(PYTHON)" site/build.py

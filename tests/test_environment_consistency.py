@@ -98,6 +98,10 @@ def conda_requirements(environment) -> dict[str, str]:
 
 def test_same_packages_and_versions(pyproject, environment):
     pip_side = dict(split_requirement(r) for r in pyproject["project"]["dependencies"])
+    # The conda environment installs the extras too, all but `gpu` (a commented-out line there).
+    for extra, requirements in pyproject["project"].get("optional-dependencies", {}).items():
+        if extra != "gpu":
+            pip_side.update(split_requirement(r) for r in requirements)
     assert conda_requirements(environment) == pip_side
 
 
