@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from graphlab_utils import costmodel
+    from graphlab_utils.simulator import costmodel
 
     if not torch.cuda.is_available():
         print("error: this benchmark compares the simulator with a real GPU, and PyTorch sees none here"
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.packaged_calibration:
         # host-side figures drift from one minute to the next on the same machine: calibrate
         # right before measuring, so that the table shows the model's error, not the drift
-        from graphlab_utils import calibrate
+        from graphlab_utils.authoring import calibrate
 
         print("calibrating ...", file=sys.stderr, flush=True)
         record = calibrate.measure_all(repeat=20)

@@ -3,10 +3,10 @@
 Sub-commands delegate to the modules that own them:
 
 * ``graphlab doctor``: :mod:`graphlab_utils.doctor`
-* ``graphlab build-labs [--check] [--solutions DIR] [--labs DIR]``: :mod:`graphlab_utils.labs`
-* ``graphlab calibrate ...``: :mod:`graphlab_utils.calibrate` (on a GPU)
+* ``graphlab build-labs [--check] [--solutions DIR] [--labs DIR]``: :mod:`graphlab_utils.authoring.labs`
+* ``graphlab calibrate ...``: :mod:`graphlab_utils.authoring.calibrate` (on a GPU)
 * ``graphlab drill [--module NN] [--count N] [--seed S] [--timed SECONDS]``: :mod:`graphlab_utils.drill`
-* ``graphlab check NOTEBOOK [--timeout S] [--backend B] [--save PATH]``: :mod:`graphlab_utils.grading`
+* ``graphlab check NOTEBOOK [--timeout S] [--backend B] [--save PATH]``: :mod:`graphlab_utils.authoring.grading`
 
 An error prints as one sentence and a non-zero exit status, never as a traceback
 (set ``GRAPHLAB_DEBUG=1`` to see the traceback when working on the package itself).
@@ -25,10 +25,10 @@ __all__ = ["main"]
 
 COMMANDS = {
     "doctor": ("graphlab_utils.doctor", "report the environment and say what to fix"),
-    "build-labs": ("graphlab_utils.labs", "generate labs/ from solutions/ (--check: verify them)"),
-    "calibrate": ("graphlab_utils.calibrate", "measure the simulator's cost model on a GPU"),
+    "build-labs": ("graphlab_utils.authoring.labs", "generate labs/ from solutions/ (--check: verify them)"),
+    "calibrate": ("graphlab_utils.authoring.calibrate", "measure the simulator's cost model on a GPU"),
     "drill": ("graphlab_utils.drill", "interview questions at random, with a score (--timed: a mock interview)"),
-    "check": ("graphlab_utils.grading", "run a lab headless and print which exercises pass"),
+    "check": ("graphlab_utils.authoring.grading", "run a lab headless and print which exercises pass"),
 }
 EXIT_PACKAGE_ERROR = 2
 

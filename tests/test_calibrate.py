@@ -1,4 +1,4 @@
-"""Tests of graphlab_utils.calibrate and graphlab_utils.workloads."""
+"""Tests of graphlab_utils.authoring.calibrate and graphlab_utils.workloads."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphlab_utils import calibrate, workloads
+from graphlab_utils import workloads
+from graphlab_utils.authoring import calibrate
 from graphlab_utils.simulator import costmodel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def test_calibrate_quick_on_gpu(tmp_path):
     out = tmp_path / "calibration.json"
     env = dict(os.environ, GRAPHLAB_BACKEND="real", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "graphlab_utils.calibrate", "--quick", "--quiet", "--out", str(out)],
+        [sys.executable, "-m", "graphlab_utils.authoring.calibrate", "--quick", "--quiet", "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

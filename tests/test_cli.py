@@ -13,9 +13,9 @@ from graphlab_utils.errors import GraphlabError
 
 
 def fake_calibrate(monkeypatch, main):
-    module = types.ModuleType("graphlab_utils.calibrate")
+    module = types.ModuleType("graphlab_utils.authoring.calibrate")
     module.main = main
-    monkeypatch.setitem(sys.modules, "graphlab_utils.calibrate", module)
+    monkeypatch.setitem(sys.modules, "graphlab_utils.authoring.calibrate", module)
 
 
 def test_calibrate_gets_the_remaining_arguments(monkeypatch):
@@ -54,7 +54,7 @@ def test_debug_shows_the_traceback(monkeypatch):
 
 
 def test_missing_sub_command_module(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "graphlab_utils.calibrate", None)
+    monkeypatch.setitem(sys.modules, "graphlab_utils.authoring.calibrate", None)
     assert cli.main(["calibrate"]) == 2
     assert "not available in this version of graphlab_utils" in capsys.readouterr().err
 

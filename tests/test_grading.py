@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from graphlab_utils import grading
+from graphlab_utils.authoring import grading
 from graphlab_utils.checks.core import RECORD_MIME, CheckResult
 
 REPO = Path(__file__).resolve().parents[1]

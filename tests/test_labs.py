@@ -10,8 +10,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from graphlab_utils import labs
-from graphlab_utils.labs import LabBuildError, build_labs, check_labs, stub_code
+from graphlab_utils.authoring import labs
+from graphlab_utils.authoring.labs import LabBuildError, build_labs, check_labs, stub_code
 
 REPO = Path(__file__).resolve().parents[1]
 

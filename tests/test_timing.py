@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import graphlab_utils
-from graphlab_utils import timing
+from graphlab_utils import backend, timing
 from graphlab_utils.timing import Timing, format_ms, format_ratio, measure, measure_host, speedup
 
 GPU = "NVIDIA H100 80GB HBM3"
@@ -52,7 +52,8 @@ class FakeDevice:
 def fake_gpu(monkeypatch):
     """A 'real' backend whose CUDA events read a fake device clock."""
     dev = FakeDevice()
-    monkeypatch.setattr(timing, "_simulator", lambda: None)
+    monkeypatch.setattr(backend, "is_simulated", lambda: False)
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: GPU)
     monkeypatch.setattr(torch.cuda, "Event", dev.make_event_class())
@@ -87,9 +88,7 @@ def fake_sim(monkeypatch):
 
 
 def calibrated_gpu():
-    from graphlab_utils import costmodel
-
-    return costmodel.load().gpu_name
+    return backend.calibration_gpu_name()
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -185,7 +184,8 @@ def test_measure_rejects_zero_repeat(fake_gpu):
 
 
 def test_measure_without_gpu_or_simulator_says_what_to_do(monkeypatch):
-    monkeypatch.setattr(timing, "_simulator", lambda: None)
+    monkeypatch.setattr(backend, "is_simulated", lambda: False)
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="setup"):
         measure(lambda: None)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import GraphlabError
+from graphlab_utils.errors import GraphlabError
 
 
 __all__ = ["GradingError", "Exercise", "Report", "grade_notebook", "parse_outputs", "format_report", "main"]
@@ -82,7 +82,7 @@ class Report:
 # ---------------------------------------------------------------------------------------
 def _records(cell) -> list[dict]:
     """The check records a code cell's outputs hold, in the order the checks ran."""
-    from .checks.core import RECORD_MIME
+    from graphlab_utils.checks.core import RECORD_MIME
 
     found = []
     for out in cell.get("outputs", []):

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import GraphlabError
+from graphlab_utils.errors import GraphlabError
 
 __all__ = [
     "LabBuildError",
