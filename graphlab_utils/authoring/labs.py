@@ -1,5 +1,16 @@
 """``graphlab build-labs``: generate ``labs/`` from ``solutions/``, the single source.
 
+The markers are nbgrader's and otter-grader's, so a solution notebook reads as either tool
+expects: ``### BEGIN SOLUTION`` / ``### END SOLUTION`` and ``### BEGIN HIDDEN TESTS`` /
+``### END HIDDEN TESTS`` are nbgrader's delimiters (its ``ClearSolutions`` and
+``ClearHiddenTests`` preprocessors, with the same ``# YOUR CODE HERE`` stub); a single line
+ending with ``# SOLUTION`` is otter-assign's. The build is a chain of nbconvert preprocessors:
+``ClearSolutions`` (this module: both kinds of marker, the hidden tests, cells left empty),
+nbconvert's own ``ClearOutputPreprocessor`` (outputs, execution counts, run timestamps), and
+``ClearWidgetState`` (the notebook's saved widget state). nbgrader itself is not used: it
+needs per-cell metadata, does not support text after ``BEGIN SOLUTION`` or otter's suffix, and
+brings a database.
+
 A solution notebook marks what the learner writes:
 
 * a block between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` becomes, at the
@@ -137,25 +148,44 @@ def stub_code(source: str, where: str = "cell", markdown: bool = False) -> str:
     return "\n".join(out)
 
 
+def _preprocessors(name: str) -> list:
+    """The chain that turns a solution notebook into its lab (nbconvert Preprocessors)."""
+    from nbconvert.preprocessors import ClearOutputPreprocessor, Preprocessor
+
+    class ClearSolutions(Preprocessor):
+        """Solutions become stubs, hidden tests go; a cell that only held hidden tests is dropped."""
+
+        def preprocess(self, nb, resources):
+            cells = []
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type in ("code", "markdown"):
+                    before = cell.source
+                    cell.source = stub_code(before, f"{name} cell {index} (counting from 0)",
+                                            markdown=cell.cell_type == "markdown")
+                    if not cell.source.strip() and cell.source != before:
+                        continue
+                cells.append(cell)
+            nb.cells = cells
+            return nb, resources
+
+    class ClearWidgetState(Preprocessor):
+        """The notebook's saved widget state belongs to the outputs."""
+
+        def preprocess(self, nb, resources):
+            nb.metadata.pop("widgets", None)
+            return nb, resources
+
+    # Run timestamps (cell metadata "execution") belong to the outputs; other cell metadata stays.
+    return [ClearSolutions(), ClearOutputPreprocessor(remove_metadata_fields={"execution"}), ClearWidgetState()]
+
+
 def lab_from_solution(nb, name: str = "notebook"):
     """A new notebook node: the lab generated from the solution notebook ``nb``."""
     import copy
 
-    lab = copy.deepcopy(nb)
-    cells = []
-    for index, cell in enumerate(lab.cells):
-        where = f"{name} cell {index} (counting from 0)"
-        if cell.cell_type in ("code", "markdown"):
-            cell.source = stub_code(cell.source, where, markdown=cell.cell_type == "markdown")
-            if not cell.source.strip() and cell.source != nb.cells[index].source:
-                continue  # only hidden tests were in it
-        if cell.cell_type == "code":
-            cell.outputs = []
-            cell.execution_count = None
-            cell.metadata.pop("execution", None)  # run timestamps belong to the outputs too
-        cells.append(cell)
-    lab.cells = cells
-    lab.metadata.pop("widgets", None)  # saved widget state belongs to the outputs
+    lab, resources = copy.deepcopy(nb), {}
+    for step in _preprocessors(name):
+        lab, resources = step.preprocess(lab, resources)
     _fill_missing_ids(lab, name)
     return lab
 
