@@ -136,6 +136,8 @@ class DecodeGraphRunner:
 
     def step(self, n: int):
         """The decode step on the first ``n`` static rows (``self.inputs[n]``): what the graph of bucket ``n`` records."""
+        if n not in self.inputs:
+            self.inputs[n] = self.static.rows(n)
         return self.model.decode(self.kv, self.inputs[n])
 
     # -- start-up -------------------------------------------------------------------------
@@ -145,7 +147,6 @@ class DecodeGraphRunner:
         self.pool = torch.cuda.graph_pool_handle()
         with frozen_gc(self.freeze_gc):
             for n in reversed(self.buckets):
-                self.inputs[n] = self.static.rows(n)
                 self.graphs[n], self.outputs[n] = recipes.capture(lambda: self.step(n), pool=self.pool,
                                                                   warmup=self.warmup_iters)
                 self.capture_order.append(n)
