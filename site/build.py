@@ -57,6 +57,7 @@ MAIN_REPORT_HUB = "reports/gpu/README.md"  # report pages with no README above t
 README_SECTIONS = ["What this course is", "Modules", "Labs and checks", "Backends",
                    "Results on a real GPU", "Teaching it"]
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+RECORD_MIME_PREFIX = "application/vnd.graphlab."  # machine-readable records in outputs (check results)
 WIDGET_NOTE = ('<p class="graphlab-widget-note">An interactive control (ipywidgets) appears here '
                "when the notebook runs in JupyterLab or Colab.</p>")
 PROVENANCE = re.compile(r"modelled|measured on", re.IGNORECASE)
@@ -164,25 +165,29 @@ def stage_notebook(stage: Stage, rel: str, folders: dict[str, str]) -> dict:
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":
             cell["source"] = rewrite_links("".join(cell["source"]), rel, folders)
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
+        for output in list(cell.get("outputs", [])):
+            data = output.get("data")
+            if data is None:
+                continue
+            for mime in [m for m in data if m.startswith(RECORD_MIME_PREFIX)]:
+                del data[mime]  # a record for the course's tools (graphlab check), not for display
             if WIDGET_MIME in data:
                 output["data"] = {"text/html": WIDGET_NOTE}
+            elif not any(data.values()):
+                cell["outputs"].remove(output)  # nothing left to show
     nb["metadata"].pop("widgets", None)  # no widget state: no widget JavaScript on the page
 
     number = notebook_stem_number(name)
+    title = title_cell(nb, rel)
     if kind == "labs" and (REPO / "solutions" / name).is_file():
-        nb["cells"].insert(1, markdown_cell(
+        nb["cells"].insert(title + 1, markdown_cell(
             ":::{note}\nThe worked solutions of this lab are on "
             f"[a page of their own](../solutions/{name}), each solved cell folded: "
             "try the exercises first.\n:::", "solutions-link"))
     if kind == "solutions":
-        title = "".join(nb["cells"][0]["source"])
-        head, _, rest = title.partition("\n")
-        if not head.startswith("# "):
-            raise SiteError(f"{rel}: the first cell does not start with a '# ' title")
-        nb["cells"][0]["source"] = f"{head}: worked solutions\n{rest}"
-        nb["cells"].insert(1, markdown_cell(
+        cell = nb["cells"][title]
+        cell["source"] = re.sub(r"^(# .*?)\s*$", r"\1: worked solutions", cell["source"], count=1, flags=re.MULTILINE)
+        nb["cells"].insert(title + 1, markdown_cell(
             ":::{important}\nThis page is [lab " + number + f"](../labs/{name}) with its exercises "
             "solved. Each answer is folded: open it with its *Show code cell source* or *Show the worked "
             "answer* toggle.\n:::", "solutions-note"))
@@ -195,6 +200,14 @@ def stage_notebook(stage: Stage, rel: str, folders: dict[str, str]) -> dict:
                     tags.append("hide-input")
     stage.write(rel, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     return nb
+
+
+def title_cell(nb: dict, rel: str) -> int:
+    """The index of the markdown cell that holds the notebook's '# ' title."""
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "markdown" and re.search(r"^# ", cell["source"], re.MULTILINE):
+            return index
+    raise SiteError(f"{rel}: no markdown cell holds a '# ' title")
 
 
 def markdown_cell(text: str, key: str) -> dict:
