@@ -292,10 +292,16 @@ def test_home_page_has_the_module_map(visit):
     _check_page_loaded(visit, "index.html")
     table = page.locator("article table").filter(has_text="what you can do afterwards")
     assert table.count() == 1, "the module map is on the home page"
-    for stem in LESSONS:
-        assert table.locator(f"a[href='notebooks/{stem}.html']").count() == 1, stem
-    for stem in LABS:
-        assert table.locator(f"a[href='labs/{stem}.html']").count() == 1, stem
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    modules = readme[readme.index("## Modules"):].split("\n## ", 1)[0]
+    linked = re.findall(r"\]\(((?:notebooks|labs)/\w+)\.ipynb\)", modules)
+    assert linked, "the README's module map links the lessons"
+    for target in linked:
+        assert table.locator(f"a[href='{target}.html']").count() == 1, f"the module map lost its link to {target}"
+    nav = page.locator("nav.bd-docs-nav")
+    for kind, stems in (("notebooks", LESSONS), ("labs", LABS)):
+        for stem in stems:
+            assert nav.locator(f"a[href='{kind}/{stem}.html']").count() == 1, f"{kind}/{stem} is not in the navigation"
 
 
 @pytest.mark.parametrize("term", sorted(SEARCHES))
