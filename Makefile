@@ -36,16 +36,22 @@ SANITIZE := tests/nbval_sanitize.cfg
 # The notebooks nbval runs: lessons and solutions (labs hold stubs: build-labs --check covers them).
 NBVAL_PATHS = $(sort $(wildcard notebooks/*.ipynb solutions/*.ipynb))
 
-# In a virtualenv the install is remembered by a stamp (redone when pyproject.toml changes);
-# with PYTHON=... pointing elsewhere, `pip install -e .` runs every time.
-INSTALL_STAMP := $(if $(filter $(VENV_PYTHON),$(PYTHON)),$(VENV)/.graphlab-installed,)
+# What `pip install -e .` adds: nothing for a learner (make lab), the test tools and the site
+# tools for make test (the `test` and `site` extras of pyproject.toml); set per target below.
+EXTRAS ?=
+comma := ,
+PACKAGE_SPEC = .$(if $(EXTRAS),[$(EXTRAS)],)
+# In a virtualenv the install is remembered by a stamp per set of extras (redone when
+# pyproject.toml changes); with PYTHON=... pointing elsewhere, `pip install -e` runs every time.
+INSTALL_STAMP = $(if $(filter $(VENV_PYTHON),$(PYTHON)),$(VENV)/.graphlab-installed$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)),),)
 
-.PHONY: help env lab test test-gpu labs doctor site
+.PHONY: help env lab test test-gpu labs lesson10 doctor site
 
 help:
 	@echo "make lab     open the course in JupyterLab (sets up $(or $(VENV),the environment) on first run)"
 	@echo "make test    run the whole test suite (same set-up)"
 	@echo "make labs    regenerate labs/ from solutions/"
+	@echo "make lesson10  regenerate lesson 10 (notebooks/10 and solutions/10, then its lab)"
 	@echo "make doctor  report the environment and say what to fix"
 	@echo "make site    build the course as a website: open build/site/index.html"
 	@echo "make test-gpu  on an NVIDIA GPU machine: unit tests, conformance on both backends, measured vs"
@@ -67,8 +73,8 @@ env:
 	fi; \
 	stamp="$(INSTALL_STAMP)"; \
 	if [ -z "$$stamp" ] || [ ! -f "$$stamp" ] || [ pyproject.toml -nt "$$stamp" ]; then \
-		echo "make: installing the course package (pip install -e .) into $(PYTHON)"; \
-		"$(PYTHON)" -m pip install -e .; \
+		echo "make: installing the course package (pip install -e '$(PACKAGE_SPEC)') into $(PYTHON)"; \
+		"$(PYTHON)" -m pip install -e "$(PACKAGE_SPEC)"; \
 		if [ -n "$$stamp" ]; then touch "$$stamp"; fi; \
 	fi
 
@@ -78,9 +84,10 @@ lab: env
 	"$(PYTHON)" -m jupyter lab --ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
 		--LabApp.default_url="/lab/tree/$(LAB_NOTEBOOK)" $$root_flag $(LAB_ARGS)
 
+test: EXTRAS = test,site
 test: env
 	"$(PYTHON)" -m graphlab_utils build-labs --check
-	$(MAKE) --no-print-directory site
+	$(MAKE) --no-print-directory site EXTRAS=$(EXTRAS)
 	"$(PYTHON)" -m pytest $(PARALLEL) tests
 	@if [ -z "$(NBVAL_PATHS)" ]; then \
 		echo "make: no notebooks in notebooks/ or solutions/ yet: nothing for nbval to run"; \
@@ -96,10 +103,17 @@ test: env
 GPU_RUN_DIR ?= build/gpu-run
 # notebooks run at a time by nbval and execute; a notebook that fails while sharing the GPU is re-run alone
 GPU_JOBS ?= 1
+test-gpu: EXTRAS = test
 test-gpu: env
 	"$(PYTHON)" tools/gpu/test_gpu.py --out $(GPU_RUN_DIR) --jobs $(GPU_JOBS) --report
 
 labs: env
+	"$(PYTHON)" -m graphlab_utils build-labs
+
+# Lesson 10 is generated: notebooks/10 from the question bank and the claims, solutions/10 from
+# the katas (it executes both, a few minutes on the simulator); then its lab from the solution.
+lesson10: env
+	"$(PYTHON)" -m graphlab_utils build-lesson10
 	"$(PYTHON)" -m graphlab_utils build-labs
 
 doctor: env

@@ -139,7 +139,11 @@ def test_package_metadata(pyproject):
     project = pyproject["project"]
     assert project["requires-python"] == ">=3.10"
     assert project["scripts"] == {"graphlab": "graphlab_utils.cli:main"}
-    assert pyproject["tool"]["setuptools"]["package-data"] == {"graphlab_utils": ["data/*.json"]}
+    package_data = pyproject["tool"]["setuptools"]["package-data"]["graphlab_utils"]
+    for pattern in package_data:  # every data file the package ships is named, and exists
+        assert list((REPO / "graphlab_utils").glob(pattern)), f"package-data {pattern!r} matches no file"
+    assert "simulator/data/*.json" in package_data  # the cost model's calibration
+
     torch_spec = dict(split_requirement(r) for r in project["dependencies"])["torch"]
     from packaging.specifiers import SpecifierSet
 
@@ -147,6 +151,13 @@ def test_package_metadata(pyproject):
     for version in ("2.11.0", "2.11.0+cu130", "2.13.0", "2.13.0+cpu", "2.14.1"):
         assert spec.contains(version), version
     assert not spec.contains("2.4.1")
+
+def test_test_tools_are_not_runtime_dependencies(pyproject):
+    """A learner's install (Colab, Binder, `pip install`) does not pull the test tools."""
+    runtime = {split_requirement(r)[0] for r in pyproject["project"]["dependencies"]}
+    test = {split_requirement(r)[0] for r in pyproject["project"]["optional-dependencies"]["test"]}
+    assert test == {"pytest", "pytest-xdist", "nbval", "playwright"}
+    assert not runtime & test
 
 
 # --- CI runs exactly the README's test command ----------------------------------------

@@ -147,11 +147,17 @@ def test_binder_environment_names_the_package_dependencies():
 
 def test_binder_environment_matches_the_root_one():
     """With a binder/ folder repo2docker ignores the root environment.yml: the two lists must agree
-    (apart from Python's pin and the root's `pip: -e .`, which binder/postBuild replaces)."""
+    (apart from Python's pin, the root's `pip: -e .`, which binder/postBuild replaces, and the
+    `test` and `site` extras, which a learner on Binder does not run)."""
     _, binder = conda_dependencies(REPO / "binder" / "environment.yml")
     _, root = conda_dependencies(REPO / "environment.yml")
     binder.pop("python")
     root.pop("python")
+    extras = load_toml(REPO / "pyproject.toml")["project"]["optional-dependencies"]
+    tools = {requirement(r)[0] for name in ("test", "site") for r in extras[name]}
+    for name in tools:
+        root.pop({v: k for k, v in CONDA_TO_PIP.items()}.get(name, name), None)
+        root.pop(f"{name}-python", None)
     assert binder == root
 
 
