@@ -37,14 +37,14 @@ nested inside another one on the same thread (a driver call made by a runtime ca
 counted once.
 
 ``count_graph_calls()`` counts captures and replays of ``torch.cuda.CUDAGraph`` inside a
-block, on both backends: the quickest way to see a graph re-captured at every call.
+block, on both backends: the quickest way to see a graph re-captured at every call (it lives
+in :mod:`graphlab_utils.watch`, with the other watchers of learner code).
 
 PyTorch and matplotlib are imported when a function needs them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -53,11 +53,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from graphlab_utils import backend
+from graphlab_utils.watch import count_graph_calls  # lesson 08 teaches it by this name
+
 __all__ = [
     "GRAPH_LAUNCH_PREFIXES",
     "KERNEL_LAUNCH_PREFIXES",
     "SYNC_PREFIXES",
-    "GraphCalls",
     "Span",
     "Trace",
     "chrome_trace_json",
@@ -371,14 +373,6 @@ def _pass_window(events: list) -> tuple | None:
 _PROFILER_READY: list = []
 
 
-def _sim_installed() -> bool:
-    try:
-        from graphlab_utils import simulator
-    except Exception:
-        return False
-    return simulator.is_installed()
-
-
 def _real_profiler(fn: Callable[[], Any]):
     """Run ``fn()`` and a synchronise under torch.profiler, inside PASS_MARK; return the profiler."""
     import torch
@@ -415,7 +409,7 @@ def profile(fn: Callable[[], Any], *, warmup: int = 3, title: str = "") -> Trace
         fn()
     torch.cuda.synchronize()
     label = timing.label()
-    if _sim_installed():
+    if backend.is_simulated():
         from graphlab_utils.simulator.clock import CLOCK
 
         with CLOCK.recording() as events:
@@ -655,57 +649,3 @@ def export_chrome_trace(trace: Trace, path: str | Path) -> str:
     else:
         path.write_text(json.dumps(chrome_trace_json(trace)))
     return str(path)
-
-
-# -- counting captures and replays ------------------------------------------------------
-
-
-@dataclass
-class GraphCalls:
-    """Captures begun and replays launched inside a ``count_graph_calls()`` block."""
-
-    captures: int = 0
-    replays: int = 0
-
-    def __str__(self) -> str:
-        return f"{_plural(self.captures, 'capture')}, {_plural(self.replays, 'replay')}"
-
-
-@contextlib.contextmanager
-def count_graph_calls():
-    """Count ``CUDAGraph.capture_begin`` and ``CUDAGraph.replay`` calls inside the block.
-
-    ``torch.cuda.graph(g)`` calls ``g.capture_begin()``, so every capture is counted,
-    however it was started. Works on both backends (it wraps whichever ``CUDAGraph``
-    ``torch.cuda`` holds)::
-
-        with profiling.count_graph_calls() as calls:
-            for x in requests:
-                runner(x)
-        print(calls)          # "8 captures, 8 replays": a graph captured at every call
-    """
-    import torch
-
-    cls = torch.cuda.CUDAGraph
-    calls = GraphCalls()
-    saved = {name: cls.__dict__.get(name) for name in ("capture_begin", "replay")}
-    begin, replay = cls.capture_begin, cls.replay
-
-    def capture_begin(self, *args, **kwargs):
-        calls.captures += 1
-        return begin(self, *args, **kwargs)
-
-    def counted_replay(self, *args, **kwargs):
-        calls.replays += 1
-        return replay(self, *args, **kwargs)
-
-    capture_begin.__doc__, counted_replay.__doc__ = begin.__doc__, replay.__doc__
-    cls.capture_begin, cls.replay = capture_begin, counted_replay
-    try:
-        yield calls
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                delattr(cls, name)
-            else:
-                setattr(cls, name, value)

@@ -300,9 +300,9 @@ def test_fresh_noise_accepts_correct_answers(L03):
 def test_fresh_noise_frozen_predrawn(L03):
     import torch
 
-    from graphlab_utils.checks.lesson03 import _device
+    from graphlab_utils.checks.core import device
 
-    predrawn = torch.randn(64, 64, device=_device())  # drawn once, outside the graph
+    predrawn = torch.randn(64, 64, device=device())  # drawn once, outside the graph
     r = L03.check_fresh_noise(lambda latent: latent + 0.5 * predrawn, quiet=True)
     assert not r.passed
     assert "frozen" in r.idea and "same noise" in r.seen

@@ -37,9 +37,9 @@ def _capture(fn, pool=None):
 
 
 def _dev():
-    from graphlab_utils.checks.lesson04 import _device
+    from graphlab_utils.checks.core import device
 
-    return _device()
+    return device()
 
 
 # ---------------------------------------------------------------------------------------

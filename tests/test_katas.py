@@ -18,7 +18,7 @@ LAB = REPO / "solutions" / "10_interview_drills.ipynb"
 @pytest.fixture(scope="module")
 def K():
     graphlab_utils.setup(backend="sim", quiet=True)
-    from graphlab_utils import katas
+    from graphlab_utils.drills import katas
 
     yield katas
     from graphlab_utils import simulator
@@ -31,13 +31,14 @@ def T(K):
     """torch, the device and the kata helpers, as the lab's cells see them."""
     import torch
 
-    from graphlab_utils.katas import _device
+    from graphlab_utils import recipes
+    from graphlab_utils.checks.core import device
 
     class NS:
         pass
 
     ns = NS()
-    ns.torch, ns.DEVICE, ns.capture, ns.cfg_batch = torch, _device(), K.capture, K.cfg_batch
+    ns.torch, ns.DEVICE, ns.capture, ns.cfg_batch = torch, device(), recipes.capture, K.cfg_batch
     return ns
 
 
@@ -91,7 +92,7 @@ def test_catalogue_lists_every_kata(K, capsys):
 def test_the_lab_carries_every_snippet_and_check():
     cells = json.loads(LAB.read_text())["cells"]
     code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
-    from graphlab_utils import katas
+    from graphlab_utils.drills import katas
 
     for kata in katas.KATAS.values():
         assert any(kata.snippet.rstrip() in src for src in code), f"snippet of {kata.key} not in the lab"
@@ -99,10 +100,40 @@ def test_the_lab_carries_every_snippet_and_check():
         assert any(kata.fixed_name in src and "### BEGIN SOLUTION" in src for src in code), kata.key
 
 
+def test_each_kata_lives_in_its_own_module_with_its_fix(K):
+    import importlib
+
+    for kata in K.KATAS.values():
+        module = importlib.import_module(kata.checker.__module__)
+        assert module.__name__.startswith(f"graphlab_utils.drills.katas.k{kata.number:02d}_"), module.__name__
+        assert module.KATA is kata and module.FIX == kata.fix and module.SNIPPET == kata.snippet
+        assert kata.fix.count("### BEGIN SOLUTION") == kata.fix.count("### END SOLUTION") >= 1, kata.key
+        assert kata.fixed_name in kata.fix, kata.key
+
+
+def test_the_lab_is_generated_from_the_kata_files(tmp_path, capsys):
+    import nbformat
+
+    from graphlab_utils.authoring import katas_notebook
+
+    assert katas_notebook.main(["--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    nb = nbformat.read(LAB, as_version=4)
+    assert "`graphlab build-lesson10`" in nb.cells[0].source and nb.cells[0].cell_type == "markdown"
+    nb.cells[10].source += "\n# an edit by hand"
+    edited = tmp_path / LAB.name
+    nbformat.write(nb, edited)
+    assert katas_notebook.main(["--check", "--solution", str(edited)]) == 1
+    said = capsys.readouterr().out
+    assert "cell 10" in said and "is stale: run `graphlab build-lesson10`" in said
+    assert katas_notebook.main(["--check", "--solution", str(tmp_path / "missing.ipynb")]) == 1
+    assert "is missing" in capsys.readouterr().out
+
+
 def test_the_lab_passes_every_check():
     cells = json.loads(LAB.read_text())["cells"]
     text = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c["outputs"])
-    from graphlab_utils import katas
+    from graphlab_utils.drills import katas
 
     for kata in katas.KATAS.values():
         assert f"[PASS] {kata.check_name}: check passed" in text

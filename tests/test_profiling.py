@@ -1,6 +1,6 @@
 """graphlab_utils.profiling: traces on the simulator, the profiler-event parser, pictures,
-Chrome traces and the capture / replay counter. Tests marked ``gpu`` run the real
-torch.profiler path on a GPU (skipped here)."""
+Chrome traces, and the capture / replay counter under the name lesson 08 uses. Tests marked
+``gpu`` run the real torch.profiler path on a GPU (skipped here)."""
 
 from __future__ import annotations
 
@@ -136,29 +136,10 @@ def test_chrome_trace_export(sim, tmp_path):
     assert all(e["dur"] >= 0 for e in events if e.get("ph") == "X")
 
 
-def test_count_graph_calls_counts_and_restores(sim):
-    fn, _ = workloads.chain(4, sim.device)
-    cls = torch.cuda.CUDAGraph
-    before = (cls.__dict__.get("capture_begin"), cls.__dict__.get("replay"))
-    with profiling.count_graph_calls() as calls:
-        g = _graph_of(fn)
-        g.replay()
-        g.replay()
-    assert (calls.captures, calls.replays) == (1, 2)
-    assert str(calls) == "1 capture, 2 replays"
-    assert (cls.__dict__.get("capture_begin"), cls.__dict__.get("replay")) == before
-    with profiling.count_graph_calls() as none:
-        fn()
-    assert str(none) == "0 captures, 0 replays"
+def test_count_graph_calls_keeps_the_name_lesson_08_teaches():
+    from graphlab_utils import watch
 
-
-def test_count_graph_calls_restores_after_an_error(sim):
-    cls = torch.cuda.CUDAGraph
-    before = cls.__dict__.get("replay")
-    with pytest.raises(ZeroDivisionError):
-        with profiling.count_graph_calls():
-            1 / 0
-    assert cls.__dict__.get("replay") is before
+    assert profiling.count_graph_calls is watch.count_graph_calls  # tested in test_watch.py
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,11 +23,13 @@ on a GPU, damages the process, so such code is reported without being captured.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
-from .core import check, fail, ok
-from .core import device as _device
+from graphlab_utils import recipes
+from graphlab_utils.errors import error_name_in
+from graphlab_utils.watch import Watch, Words, watching
+
+from .core import check, close, describe, device, fail, ok
 
 __all__ = [
     "STEP",
@@ -44,7 +46,6 @@ SHAPE = (4, 256)  # the latent shape the checks use
 SIGMA = 0.5  # the noise scale of check_fresh_noise
 GUIDED_SCALES = (7.5, 3.0, 12.0)  # scale > 1: the guided branch
 PLAIN_SCALES = (0.5, 1.0, 0.0)  # scale <= 1: the plain branch
-RTOL, ATOL = 1e-4, 1e-5
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,24 +65,18 @@ def _inputs(seed: int, shape=SHAPE):
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    dev = _device()
+    dev = device()
     return tuple(torch.randn(shape, generator=gen).to(dev) for _ in range(3))
 
 
 def _scale_tensor(value: float):
     import torch
 
-    return torch.tensor(float(value)).to(_device())
+    return torch.tensor(float(value)).to(device())
 
 
 def _branch(scale: float) -> str:
     return "guided" if scale > 1.0 else "plain"
-
-
-def _close(a, b) -> bool:
-    import torch
-
-    return bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL))
 
 
 def _is_tensor_like(out, like) -> bool:
@@ -90,155 +85,15 @@ def _is_tensor_like(out, like) -> bool:
     return isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(like.shape) and out.is_floating_point()
 
 
-def _describe(out) -> str:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return f"a tensor of shape {tuple(out.shape)} and dtype {str(out.dtype).replace('torch.', '')}"
-    return f"{type(out).__name__}"
-
-
 # ---------------------------------------------------------------------------------------
 # Watching learner code for host syncs and eager work, without capturing it
 # ---------------------------------------------------------------------------------------
-_SYNC_OPS = {
-    "_local_scalar_dense",
-    "item",
-    "is_nonzero",
-    "equal",
-    "nonzero",
-    "masked_select",
-    "_unique2",
-    "unique_consecutive",
-    "unique_dim",
-}
-# Ops that move or create data without computing from the inputs: what a graph runner may
-# do eagerly around a replay (fill static buffers, clone the output).
-_DATA_MOVEMENT_OPS = {
-    "copy_", "fill_", "zero_", "clone", "_to_copy", "detach", "lift_fresh", "lift_fresh_copy",
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "full", "full_like",
-    "scalar_tensor", "zeros", "zeros_like", "ones", "ones_like", "new_zeros", "new_ones", "new_full",
-    "_copy_from", "_copy_from_and_resize", "resize_", "set_", "contiguous",
-}
-
-
-def _is_alias_op(func) -> bool:
-    try:
-        return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
-    except Exception:
-        return False
-
-
-_TO_CPU = "a copy to the CPU (.cpu(), .tolist(), .numpy(), .to('cpu'))"
-
-
-class _Watch:
-    """What learner code did on the host: syncs, host-to-device copies, eager compute ops, replays."""
-
-    def __init__(self):
-        self.syncs: list[str] = []
-        self.uploads: list[str] = []
-        self.compute: list[str] = []
-        self.replays = 0
-
-    def note_sync(self, what: str) -> None:
-        if what not in self.syncs:
-            self.syncs.append(what)
-
-
-def _spy_mode(watch: _Watch, device_type: str):
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class _Spy(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            name = func.overloadpacket.__name__
-            if name in _SYNC_OPS:
-                watch.note_sync(f"{name} (a value read on the CPU, e.g. `if tensor:` or .item())")
-            elif name == "index" and len(args) > 1 and any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or []) if i is not None
-            ):
-                watch.note_sync("x[mask] (a boolean index needs the count of True values on the CPU)")
-            elif name in ("_to_copy", "copy_", "_copy_from"):
-                src = args[1] if name == "copy_" else args[0]
-                dst_dev = kwargs.get("device")
-                if name == "copy_":
-                    dst_dev = args[0].device
-                elif name == "_copy_from":
-                    dst_dev = args[1].device
-                if isinstance(src, torch.Tensor) and dst_dev is not None:
-                    dst_type = torch.device(dst_dev).type
-                    if src.device.type == device_type and dst_type == "cpu" and device_type != "cpu":
-                        watch.note_sync(_TO_CPU)
-                    elif src.device.type == "cpu" and dst_type == device_type and device_type != "cpu":
-                        watch.uploads.append("a copy of CPU data to the device")
-            if name not in _DATA_MOVEMENT_OPS and name not in _SYNC_OPS and not _is_alias_op(func):
-                watch.compute.append(name)
-            return func(*args, **kwargs)
-
-    return _Spy()
-
-
-@contextlib.contextmanager
-def _watching(watch: _Watch):
-    """Record syncs and eager ops of the code run inside; count CUDA-graph replays."""
-    import torch
-
-    device_type = _device().type
-    missing = object()
-    saved = []
-
-    def patch(owner, name, make):
-        old = owner.__dict__.get(name, missing)
-        current = getattr(owner, name)
-        setattr(owner, name, make(current))
-        saved.append((owner, name, old))
-
-    def host_read(what):
-        def make(original):
-            def method(self, *args, **kwargs):
-                if isinstance(self, torch.Tensor) and self.device.type == device_type:
-                    watch.note_sync(what)
-                return original(self, *args, **kwargs)
-
-            return method
-
-        return make
-
-    def sync_fn(original):
-        def synchronize(*args, **kwargs):
-            watch.note_sync("torch.cuda.synchronize()")
-            return original(*args, **kwargs)
-
-        return synchronize
-
-    def replay_fn(original):
-        def replay(self, *args, **kwargs):
-            watch.replays += 1
-            return original(self, *args, **kwargs)
-
-        return replay
-
-    try:
-        for name in ("cpu", "tolist", "numpy"):
-            patch(torch.Tensor, name, host_read(_TO_CPU))
-        for name in ("__repr__", "__format__"):  # print(t), f"{t}": formatting copies to the CPU
-            patch(torch.Tensor, name, host_read("printing a tensor (its values are copied to the CPU)"))
-        patch(torch.cuda, "synchronize", sync_fn)
-        patch(torch.cuda.CUDAGraph, "replay", replay_fn)
-        with _spy_mode(watch, device_type):
-            yield watch
-    finally:
-        for owner, name, old in reversed(saved):
-            if old is missing:
-                try:
-                    delattr(owner, name)
-                except AttributeError:
-                    pass
-            else:
-                setattr(owner, name, old)
-
+# How this lab's hints name a host sync.
+_WORDS = Words(
+    sync_op="{name} (a value read on the CPU, e.g. `if tensor:` or .item())",
+    bool_index="x[mask] (a boolean index needs the count of True values on the CPU)",
+    to_cpu="a copy to the CPU (.cpu(), .tolist(), .numpy(), .to('cpu'))",
+)
 
 _SYNC_IDEA = (
     "a Python `if` on a device tensor (and .item(), .cpu(), .tolist(), print) makes the CPU wait "
@@ -249,12 +104,12 @@ _SYNC_IDEA = (
 )
 
 
-def _refuse_syncs(watch: _Watch, what: str) -> None:
+def _refuse_syncs(watch: Watch, what: str) -> None:
     ok(not watch.syncs, f"{what} with no host sync (nothing that needs a device value on the CPU)",
        "a host sync: " + "; ".join(watch.syncs), _SYNC_IDEA)
 
 
-def _refuse_uploads(watch: _Watch, what: str) -> None:
+def _refuse_uploads(watch: Watch, what: str) -> None:
     ok(not watch.uploads, f"{what} that makes its data on the device",
        "; ".join(dict.fromkeys(watch.uploads)) + " inside the function",
        "during capture PyTorch refuses to copy CPU data to the device unless the CPU tensor is pinned "
@@ -264,26 +119,14 @@ def _refuse_uploads(watch: _Watch, what: str) -> None:
 
 def _capture(fn, args, what: str, pool=None):
     """Warm fn up on a side stream (PyTorch's recipe), capture it; hint on a failed capture."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn(*args)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
+    recipes.warm_up(lambda: fn(*args), iters=2)
     try:
-        with torch.cuda.graph(graph, pool=pool):
-            out = fn(*args)
+        return recipes.capture(lambda: fn(*args), pool, warmup=0)
     except Exception as exc:  # noqa: BLE001 - the failure becomes the hint
-        from graphlab_utils.simulator.errors import error_name_in
-
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        fail(f"{what} to capture", f"the capture failed: {type(exc).__name__} ({error_name_in(str(exc)) or first})",
+        fail(f"{what} to capture",
+             f"the capture failed: {type(exc).__name__} ({error_name_in(str(exc)) or recipes.first_line(exc)})",
              "something in the function is forbidden during capture (a sync, a new stream, an allocation outside "
              "the graph's pool). A failed capture damages the process on a GPU: restart the kernel before the next try.")
-    return graph, out
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,9 +134,9 @@ def _capture(fn, args, what: str, pool=None):
 # ---------------------------------------------------------------------------------------
 def _wrong_branch_note(out, latent, cond, uncond, scale: float) -> str:
     """Which branch a wrong eager result computed, if either."""
-    if scale > 1.0 and _close(out, latent - STEP * cond):
+    if scale > 1.0 and close(out, latent - STEP * cond):
         return f"at scale {scale:g} (guided) your result is the plain branch's"
-    if scale <= 1.0 and scale != 1.0 and _close(out, latent - STEP * (uncond + scale * (cond - uncond))):
+    if scale <= 1.0 and scale != 1.0 and close(out, latent - STEP * (uncond + scale * (cond - uncond))):
         return f"at scale {scale:g} (plain) your result is the guided branch's"
     return f"at scale {scale:g} ({_branch(scale)}) your result differs from eager"
 
@@ -310,13 +153,13 @@ def check_device_select(fn):
     # 1. eager, watched for syncs, on both branches
     for scale in GUIDED_SCALES + PLAIN_SCALES:
         args = (latent.clone(), cond.clone(), uncond.clone(), _scale_tensor(scale))
-        with _watching(_Watch()) as watch:
+        with watching(words=_WORDS) as watch:
             out = fn(*args)
         _refuse_syncs(watch, "a step")
-        ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", _describe(out),
+        ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", describe(out, dtype=True),
            "return latent - 0.1 * eps, the same shape as latent")
         ref = guided_step_eager(latent, cond, uncond, scale)
-        ok(_close(out, ref), "the eager step's result on both branches (guided when scale > 1, plain otherwise)",
+        ok(close(out, ref), "the eager step's result on both branches (guided when scale > 1, plain otherwise)",
            _wrong_branch_note(out, latent, cond, uncond, scale),
            "select per call on the device: torch.where(scale > 1, guided_eps, cond), or a 0/1 mask made from "
            "scale > 1; both branches are computed and the comparison picks one")
@@ -334,9 +177,9 @@ def check_device_select(fn):
             graph.replay()
             torch.cuda.synchronize()
             n_latent, n_cond, n_uncond = new
-            guided_like.append(_close(out, n_latent - STEP * (n_uncond + scale * (n_cond - n_uncond))))
-            plain_like.append(_close(out, n_latent - STEP * n_cond))
-            if not _close(out, guided_step_eager(*new, scale)):
+            guided_like.append(close(out, n_latent - STEP * (n_uncond + scale * (n_cond - n_uncond))))
+            plain_like.append(close(out, n_latent - STEP * n_cond))
+            if not close(out, guided_step_eager(*new, scale)):
                 wrong.append(scale)
         frozen = "guided" if all(guided_like) else "plain" if all(plain_like) else None
         if wrong and frozen is not None:
@@ -357,8 +200,6 @@ def check_device_select(fn):
 # ---------------------------------------------------------------------------------------
 def _baked_scale(out, latent, cond, uncond):
     """The scale a guided result was computed with, if it is one for every element."""
-    import torch
-
     diff = cond - uncond
     keep = diff.abs() > 1e-2
     if int(keep.sum()) < 16:
@@ -367,7 +208,7 @@ def _baked_scale(out, latent, cond, uncond):
     value = float(est.median())
     if not math.isfinite(value):
         return None
-    return value if _close(out, latent - STEP * (uncond + value * diff)) else None
+    return value if close(out, latent - STEP * (uncond + value * diff)) else None
 
 
 _FROZEN_IDEA = (
@@ -385,7 +226,7 @@ def _diagnose_runner(wrong) -> None:
     if bad == {"plain"} and all(b is not None for b in baked):
         fail("the plain branch (latent - 0.1 * cond) for scale <= 1", f"a guided result at scale {scales}",
              _FROZEN_IDEA)
-    if bad == {"guided"} and all(_close(o, la - STEP * co) for _s, o, la, co, un in wrong):
+    if bad == {"guided"} and all(close(o, la - STEP * co) for _s, o, la, co, un in wrong):
         fail("the guided branch for scale > 1", f"the plain branch's result at scale {scales}", _FROZEN_IDEA)
     if all(b is not None for b in baked) and max(baked) - min(baked) < 1e-3:
         also = " (and for scale <= 1 it still guides: one graph per branch)" if "plain" in bad else ""
@@ -402,20 +243,18 @@ def _diagnose_runner(wrong) -> None:
 def check_branch_graphs(make_runner):
     """`make_runner(latent, cond, uncond)` captures one graph per branch and returns
     `run(latent, cond, uncond, scale: float) -> Tensor`; compared with eager on both branches."""
-    import torch
-
     ok(callable(make_runner), "a function make_runner(latent, cond, uncond)", f"{type(make_runner).__name__}",
        "pass the function itself, not its result")
     examples = _inputs(7)
     run = make_runner(*(t.clone() for t in examples))
-    ok(callable(run), "make_runner(...) returns a function run(latent, cond, uncond, scale)", _describe(run),
+    ok(callable(run), "make_runner(...) returns a function run(latent, cond, uncond, scale)", describe(run, dtype=True),
        "return the inner function `run` at the end of make_runner")
     calls = [(s, _inputs(200 + i)) for i, s in enumerate(
         (GUIDED_SCALES[0], PLAIN_SCALES[0], GUIDED_SCALES[1], PLAIN_SCALES[1], GUIDED_SCALES[2], PLAIN_SCALES[2]))]
     kept = []
     wrong = []
     for scale, (latent, cond, uncond) in calls:
-        with _watching(_Watch()) as watch:
+        with watching(words=_WORDS) as watch:
             out = run(latent.clone(), cond.clone(), uncond.clone(), float(scale))
         if watch.syncs:
             fail("a runner that chooses its graph from the Python float `scale`, with no sync",
@@ -431,16 +270,16 @@ def check_branch_graphs(make_runner):
            "run() computed eagerly: " + ", ".join(compute[:6]),
            "the step's arithmetic belongs inside the captured graphs; around a replay, only copy_/fill_ inputs "
            "and clone the output")
-        ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", _describe(out),
+        ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", describe(out, dtype=True),
            "run() returns the step's result (a clone of the graph's output)")
         ref = guided_step_eager(latent, cond, uncond, scale)
         kept.append((out, ref))
-        if not _close(out, ref):
+        if not close(out, ref):
             wrong.append((scale, out, latent, cond, uncond))
     if wrong:
         _diagnose_runner(wrong)
     first_out, first_ref = kept[0]
-    ok(_close(first_out, first_ref), "results you can keep: the first call's result unchanged after later calls",
+    ok(close(first_out, first_ref), "results you can keep: the first call's result unchanged after later calls",
        "the first call's result changed when run() was called again",
        "you return the graph's static output tensor, which the next replay overwrites: return out.clone()")
 
@@ -455,11 +294,11 @@ def check_fresh_noise(fn):
 
     ok(callable(fn), "a function fn(latent)", f"{type(fn).__name__}", "pass the function itself, not its result")
     latent = _inputs(11, (64, 64))[0]
-    with _watching(_Watch()) as watch:
+    with watching(words=_WORDS) as watch:
         out = fn(latent.clone())
     _refuse_syncs(watch, "a step")
     _refuse_uploads(watch, "a step")
-    ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", _describe(out),
+    ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", describe(out, dtype=True),
        "return latent + 0.5 * noise, the same shape as latent")
     static = latent.clone()
     graph, out = _capture(fn, (static,), "a noisy step")

@@ -23,11 +23,13 @@ the device, so the numbers are the same on a GPU and on the simulator.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
-from .core import check, fail, ok
-from .core import device as _device
+from graphlab_utils import recipes
+from graphlab_utils.recipes import seeded_randn
+from graphlab_utils.watch import Watch, Words, watching
+
+from .core import check, close, describe, device, fail, ok
 
 __all__ = [
     "D",
@@ -43,7 +45,6 @@ __all__ = [
 
 D = 32  # the width of a token embedding, a key, a value
 MAX_LEN = 32  # rows of the preallocated KV cache: the longest sequence a decoder serves
-RTOL, ATOL = 1e-4, 1e-5
 
 STEP_PROMPT = 4  # check_decode_step: tokens already cached before the first decode step
 STEP_COUNT = 6  # check_decode_step: decode steps replayed
@@ -55,16 +56,10 @@ REQUESTS = ((3, 5, 41), (6, 4, 42))
 # ---------------------------------------------------------------------------------------
 # The model and its eager reference
 # ---------------------------------------------------------------------------------------
-def _cpu_randn(seed: int, *shape):
-    import torch
-
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
 def make_weights(seed: int = 0) -> dict:
     """The head's projections ``{"q", "k", "v", "o"}``, each ``(D, D)``, on the device."""
-    dev = _device()
-    return {name: (_cpu_randn(seed * 10 + i, D, D) / math.sqrt(D)).to(dev)
+    dev = device()
+    return {name: seeded_randn(seed * 10 + i, D, D, device=dev) / math.sqrt(D)
             for i, name in enumerate(("q", "k", "v", "o"))}
 
 
@@ -72,7 +67,7 @@ def tokens(n: int, seed: int = 0):
     """``n`` token embeddings ``(n, D)`` on the device, the same numbers on both backends.
 
     Row ``t`` as a batch of one token is ``xs[t : t + 1]``, shape ``(1, D)``."""
-    return _cpu_randn(1000 + seed, n, D).to(_device())
+    return seeded_randn(1000 + seed, n, D, device=device())
 
 
 def attention(q, K, V):
@@ -98,111 +93,21 @@ def decode_reference(W: dict, prompt, xs) -> list:
     return outs
 
 
-def _close(a, b) -> bool:
-    import torch
-
-    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-            and bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL)))
-
-
 def _is_row(out) -> bool:
     import torch
 
     return isinstance(out, torch.Tensor) and tuple(out.shape) == (1, D) and out.is_floating_point()
 
 
-def _describe(out) -> str:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return f"a tensor of shape {tuple(out.shape)} and dtype {str(out.dtype).replace('torch.', '')}"
-    return type(out).__name__
-
-
 # ---------------------------------------------------------------------------------------
 # Watching learner code: host syncs, captures, replays
 # ---------------------------------------------------------------------------------------
-_SYNC_OPS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select",
-             "_unique2", "unique_consecutive", "unique_dim"}
-
-
-class _Watch:
-    def __init__(self):
-        self.syncs: list = []
-        self.captures = 0
-        self.replays = 0
-
-    def note_sync(self, what: str) -> None:
-        if what not in self.syncs:
-            self.syncs.append(what)
-
-
-def _sync_spy(watch: _Watch):
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class _Spy(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if name in _SYNC_OPS:
-                watch.note_sync(f"{name} (a device value read on the CPU: int(pos), .item(), "
-                                "`if tensor:`, slicing with a tensor bound)")
-            elif name == "index" and len(args) > 1 and any(
-                    isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or []) if i is not None):
-                watch.note_sync("x[mask] (a boolean index needs the count of True values on the CPU)")
-            return func(*args, **(kwargs or {}))
-
-    return _Spy()
-
-
-@contextlib.contextmanager
-def _watching(watch: _Watch, spy_syncs: bool = True):
-    """Count captures and replays of torch.cuda.CUDAGraph; with spy_syncs, note host syncs."""
-    import torch
-
-    device_type = _device().type
-    missing = object()
-    saved = []
-
-    def patch(owner, name, make):
-        saved.append((owner, name, owner.__dict__.get(name, missing)))
-        setattr(owner, name, make(getattr(owner, name)))
-
-    def host_read(name):
-        def make(original):
-            def method(self, *args, **kwargs):
-                if isinstance(self, torch.Tensor) and self.device.type == device_type:
-                    watch.note_sync(f"tensor.{name}() (a copy to the CPU)")
-                return original(self, *args, **kwargs)
-            return method
-        return make
-
-    def counting(attr):
-        def make(original):
-            def method(self, *args, **kwargs):
-                setattr(watch, attr, getattr(watch, attr) + 1)
-                return original(self, *args, **kwargs)
-            return method
-        return make
-
-    try:
-        patch(torch.cuda.CUDAGraph, "capture_begin", counting("captures"))
-        patch(torch.cuda.CUDAGraph, "replay", counting("replays"))
-        if spy_syncs:
-            for name in ("cpu", "tolist", "numpy"):
-                patch(torch.Tensor, name, host_read(name))
-            with _sync_spy(watch):
-                yield watch
-        else:
-            yield watch
-    finally:
-        for owner, name, old in reversed(saved):
-            if old is missing:
-                with contextlib.suppress(AttributeError):
-                    delattr(owner, name)
-            else:
-                setattr(owner, name, old)
-
+# How this lab's hints name a host sync.
+_WORDS = Words(
+    sync_op="{name} (a device value read on the CPU: int(pos), .item(), `if tensor:`, slicing with a tensor bound)",
+    bool_index="x[mask] (a boolean index needs the count of True values on the CPU)",
+    to_cpu="tensor.{name}() (a copy to the CPU)",
+)
 
 _SYNC_IDEA = (
     "the step runs inside a graph, where nothing has a value while it is recorded: reading pos on the CPU "
@@ -214,25 +119,14 @@ _SYNC_IDEA = (
 
 
 def _capture(fn, args):
-    """Warm fn up on a side stream (PyTorch's recipe), then capture one call."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn(*args)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
+    """Warm fn up on a side stream (PyTorch's recipe), then capture one call; hint on a failed capture."""
+    recipes.warm_up(lambda: fn(*args), iters=2)
     try:
-        with torch.cuda.graph(graph):
-            out = fn(*args)
+        return recipes.capture(lambda: fn(*args), warmup=0)
     except Exception as exc:  # noqa: BLE001 - the failure becomes the hint
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        fail("a step that captures", f"the capture failed: {type(exc).__name__}: {first}",
+        fail("a step that captures", f"the capture failed: {recipes.error_line(exc)}",
              "something in the step is forbidden during capture (a sync, a copy to the CPU). On a GPU a failed "
              "capture damages the process: restart the kernel before the next try.")
-    return graph, out
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,7 +136,7 @@ def _step_statics(W, prompt):
     """Static buffers as a runner would hold them: a cache with the prompt in rows 0..P-1."""
     import torch
 
-    dev = _device()
+    dev = device()
     n = prompt.shape[0]
     k_cache = torch.zeros(MAX_LEN, D, device=dev)
     v_cache = torch.zeros(MAX_LEN, D, device=dev)
@@ -259,12 +153,12 @@ def _diagnose_eager_step(out, x, W, k_cache, v_cache, n) -> None:
     K = k_cache.clone()
     V = v_cache.clone()
     K[n], V[n] = (x @ W["k"])[0], (x @ W["v"])[0]
-    if _close(out, attention(q, K, V) @ W["o"]):
+    if close(out, attention(q, K, V) @ W["o"]):
         fail("attention over the cached tokens 0..pos only",
              f"your step attends over all {MAX_LEN} rows of the cache, the empty ones too",
              "the cache is preallocated: rows after pos hold zeros (or an older request's tokens). Mask them: "
              "scores.masked_fill(torch.arange(MAX_LEN, device=...) > pos, float('-inf')) before the softmax")
-    if _close(out, attention(q, K[:n], V[:n]) @ W["o"]):
+    if close(out, attention(q, K[:n], V[:n]) @ W["o"]):
         fail("attention over rows 0..pos, the new token included",
              "your step attends over rows 0..pos-1: the new token is left out",
              "write the new key and value into row pos first, then attend with the mask arange <= pos")
@@ -288,25 +182,25 @@ def check_decode_step(fn):
     # 1. eagerly, watched for host syncs
     x, pos, k_cache, v_cache = _step_statics(W, prompt)
     x.copy_(xs[0:1])
-    with _watching(_Watch()) as watch:
+    with watching(words=_WORDS) as watch:
         out = fn(x, pos, k_cache, v_cache, W)
     ok(not watch.syncs, "a step with no host sync (nothing that reads a device value on the CPU)",
        "a host sync: " + "; ".join(watch.syncs), _SYNC_IDEA)
-    ok(_is_row(out), f"a tensor of shape (1, {D})", _describe(out), "return the step's output, one row of width D")
-    written = _close(k_cache[n : n + 1], xs[0:1] @ W["k"]) and _close(v_cache[n : n + 1], xs[0:1] @ W["v"])
-    if not written and _close(out, refs[0]):
+    ok(_is_row(out), f"a tensor of shape (1, {D})", describe(out, dtype=True), "return the step's output, one row of width D")
+    written = close(k_cache[n : n + 1], xs[0:1] @ W["k"]) and close(v_cache[n : n + 1], xs[0:1] @ W["v"])
+    if not written and close(out, refs[0]):
         fail("the new key and value written into the k_cache and v_cache passed in, at row pos",
              "the output is right but the caches passed in are unchanged",
              "your step writes into a new tensor (torch.cat, index_copy without the _, k_cache = ...) and "
              "attends over that. A graph replays with the caches it was captured on, and the next step "
              "must see this token there: write in place with k_cache.index_copy_(0, pos, k) or "
              "k_cache[pos] = k")
-    if not _close(out, refs[0]):
+    if not close(out, refs[0]):
         _diagnose_eager_step(out, xs[0:1], W, k_cache, v_cache, n)
     ok(written, "the new key and value in row pos of the caches", "row pos does not hold x @ W['k'], x @ W['v']",
        "write k = x @ W['k'] and v = x @ W['v'] into row pos (the position of the new token), in place")
-    untouched = (_close(k_cache[:n], prompt @ W["k"]) and bool((k_cache[n + 1:] == 0).all())
-                 and _close(v_cache[:n], prompt @ W["v"]) and bool((v_cache[n + 1:] == 0).all()))
+    untouched = (close(k_cache[:n], prompt @ W["k"]) and bool((k_cache[n + 1:] == 0).all())
+                 and close(v_cache[:n], prompt @ W["v"]) and bool((v_cache[n + 1:] == 0).all()))
     ok(untouched, "only row pos of the caches written", "other rows of the caches changed too",
        "a decode step appends one token: write row pos and leave the other rows as they are")
 
@@ -318,13 +212,13 @@ def check_decode_step(fn):
         pos.fill_(n + t)
         graph.replay()
         torch.cuda.synchronize()
-        row_ok = (_close(k_cache[n + t : n + t + 1], xs[t : t + 1] @ W["k"])
-                  and _close(v_cache[n + t : n + t + 1], xs[t : t + 1] @ W["v"]))
+        row_ok = (close(k_cache[n + t : n + t + 1], xs[t : t + 1] @ W["k"])
+                  and close(v_cache[n + t : n + t + 1], xs[t : t + 1] @ W["v"]))
         ok(row_ok, f"replay {t + 1} writes the new token into row {n + t} of the static caches",
            f"after replay {t + 1}, row {n + t} of the caches does not hold the new token",
            "the graph writes to the addresses it recorded: the caches passed to the step during capture. "
            "Write into them in place (index_copy_ / k_cache[pos] = ...), at the row that pos holds at replay")
-        ok(_close(out, refs[t]), f"replay {t + 1} (position {n + t}) equal to eager decoding",
+        ok(close(out, refs[t]), f"replay {t + 1} (position {n + t}) equal to eager decoding",
            f"replay {t + 1} differs from eager" + (" (replay 1 was right)" if t else ""),
            "every replay must follow the values copied into x and pos: use pos only through device ops "
            "(index_copy_, a mask from torch.arange(MAX_LEN) <= pos), never as a Python number fixed at capture")
@@ -341,7 +235,7 @@ def _probe_case():
     """An object and an action that moves two buffers, keeps three in place and touches non-tensors."""
     import torch
 
-    dev = _device()
+    dev = device()
     obj = _Buffers()
     obj.cache = torch.zeros(8, 4, device=dev)
     obj.rows = torch.zeros(8, 4, device=dev)
@@ -385,7 +279,7 @@ def check_moved_buffers(fn):
     ok(len(ran) == 1, "action() called exactly once, between the two looks at the addresses",
        f"action() called {len(ran)} times", "record every data_ptr(), call action() once, record them again")
     names = _names(result)
-    ok(names is not None, "a list (or set) of attribute names", _describe(result),
+    ok(names is not None, "a list (or set) of attribute names", describe(result, dtype=True),
        "return the names, as strings, of the tensor attributes whose address changed")
     seen = ", ".join(sorted(names)) or "no names"
     if {"rows", "pos"} & names:
@@ -447,7 +341,7 @@ def _reference_zero_prompt(W, n, xs) -> list:
     """Eager decoding as a graph sees it when the prompt never reached its cache (rows of zeros)."""
     import torch
 
-    return decode_reference(W, torch.zeros(n, D, device=_device()), xs)
+    return decode_reference(W, torch.zeros(n, D, device=device()), xs)
 
 
 _STALE_IDEA = (
@@ -464,8 +358,8 @@ def check_decoder(cls):
     ok(callable(cls), "a class Decoder(W) with methods prefill(prompt) and step(x)", type(cls).__name__,
        "pass the class itself")
     W = make_weights(2)
-    watch = _Watch()
-    with _watching(watch, spy_syncs=False):
+    watch = Watch(_WORDS)
+    with watching(watch, ops=False, host_reads=False):
         dec = cls(W)
     for method in ("prefill", "step"):
         ok(callable(getattr(dec, method, None)), f"a method {method}()", f"no method {method}()",
@@ -478,7 +372,7 @@ def check_decoder(cls):
         before = _tensor_attrs(dec)
         ptrs = _addresses(before)
         captured = watch.captures > 0
-        with _watching(watch, spy_syncs=False):
+        with watching(watch, ops=False, host_reads=False):
             result = getattr(dec, method)(*args)
         after = _tensor_attrs(dec)
         keep_alive.append(after)
@@ -514,17 +408,17 @@ def check_decoder(cls):
                    f"{where}: step() captured a new graph",
                    "the graph stays valid while the cache's contents change: copy_ the new data into the static "
                    "buffers and replay; a capture per step pays capture + instantiate every time")
-            ok(_is_row(out), f"a tensor of shape (1, {D})", f"{where}: {_describe(out)}",
+            ok(_is_row(out), f"a tensor of shape (1, {D})", f"{where}: {describe(out, dtype=True)}",
                "step() returns the output of the decode step (a clone of the graph's output)")
-            if not _close(out, refs[t]):
+            if not close(out, refs[t]):
                 if moved:
                     stale_hint(where)
-                if r == 0 and _close(out, _reference_zero_prompt(W, n, xs)[t]):
+                if r == 0 and close(out, _reference_zero_prompt(W, n, xs)[t]):
                     fail("attention over the prompt loaded by prefill()",
                          f"{where} equals decoding with an empty (all-zero) prompt",
                          "the graph never saw the prompt: prefill() wrote it somewhere the graph does not read. "
                          "Copy the prompt's keys and values into rows 0..n-1 of the static caches, in place")
-                if r == 1 and all(_close(o, ref) for o, ref, rr, _ in kept if rr == 0):
+                if r == 1 and all(close(o, ref) for o, ref, rr, _ in kept if rr == 0):
                     fail("the second request decoded as correctly as the first",
                          f"request 1 is right, {where} differs",
                          "prefill() starts a new request: overwrite rows 0..n-1 with its prompt and set the "
@@ -534,7 +428,7 @@ def check_decoder(cls):
                      "x into the static input, replay, then pos += 1 (in place); all buffers allocated once")
             kept.append((out, refs[t], r, t))
     for out, ref, r, t in kept:
-        ok(_close(out, ref), "results you can keep: each step's output unchanged by later steps",
+        ok(close(out, ref), "results you can keep: each step's output unchanged by later steps",
            f"the output of request {r + 1}, step {t + 1} changed when step() was called again",
            "you return the graph's static output tensor, which every replay overwrites: return out.clone()")
     del keep_alive
