@@ -136,9 +136,9 @@ def test_quiz_widgets_render_and_answer_in_jupyterlab(jupyterlab, capsys):
             phases["all cells run"] = time.monotonic() - started
 
             quizzes = page.locator(".graphlab-quiz")
-            from graphlab_utils import quiz
+            from graphlab_utils.drills import bank
 
-            assert quizzes.count() == len(quiz.bank()), "every question's widget is drawn"
+            assert quizzes.count() == len(bank.bank()), "every question's widget is drawn"
             body = page.locator("body").inner_text()
             for text in BROKEN_WIDGET_TEXTS:
                 assert text not in body, f"the page shows {text!r}"

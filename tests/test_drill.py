@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from graphlab_utils import cli, drill, quiz
+from graphlab_utils import cli
+from graphlab_utils.drills import bank, terminal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ class FakeClock:
 
 def run(argv, answers="", clock=None):
     out = io.StringIO()
-    code = drill.main(argv, stdin=io.StringIO(answers), stdout=out, clock=clock or FakeClock(0.0))
+    code = terminal.main(argv, stdin=io.StringIO(answers), stdout=out, clock=clock or FakeClock(0.0))
     return code, out.getvalue()
 
 
@@ -84,7 +85,7 @@ def test_the_seed_fixes_the_order_and_the_module_filters():
     assert len(first) == 4 and first == asked(["--seed", "5", "-n", "4"])
     assert first != asked(["--seed", "6", "-n", "4"])
     by_module = asked(["--module", "04", "--all", "--seed", "1"])
-    assert sorted(by_module) == sorted(quiz.ids(module="04"))
+    assert sorted(by_module) == sorted(bank.ids(module="04"))
     _, out = run(["--seed", "5", "-n", "2"], "\n\n")
     assert "(seed 5: --seed 5 repeats this drill)" in out
 
@@ -104,10 +105,10 @@ def test_end_of_input_ends_the_drill_with_the_score_so_far():
 
 def test_list_and_errors():
     code, out = run(["--list"])
-    assert code == 0 and all(q.id in out for q in quiz.bank())
-    with pytest.raises(quiz.QuizError, match="positive number of seconds"):
+    assert code == 0 and all(q.id in out for q in bank.bank())
+    with pytest.raises(bank.DrillError, match="positive number of seconds"):
         run(["--timed", "0"])
-    with pytest.raises(quiz.QuizError, match="no question to ask"):
+    with pytest.raises(bank.DrillError, match="no question to ask"):
         run(["--count", "0"])
 
 
@@ -144,7 +145,7 @@ def test_in_a_terminal_the_drill_says_when_the_time_is_up():
         os.write(master, b"B\n")
         with os.fdopen(slave, "r", closefd=False) as tty_in:
             out = io.StringIO()
-            drill.main(["--id", "q06_content_changed", "--timed", "60"], stdin=tty_in, stdout=out,
+            terminal.main(["--id", "q06_content_changed", "--timed", "60"], stdin=tty_in, stdout=out,
                        clock=FakeClock(0.0, 75.0))
         text = out.getvalue()
         assert "(time is up: finish your answer anyway; it will count as late)" in text
@@ -152,7 +153,7 @@ def test_in_a_terminal_the_drill_says_when_the_time_is_up():
         os.write(master, b"B\n")
         with os.fdopen(slave, "r", closefd=False) as tty_in:
             out = io.StringIO()
-            drill.main(["--id", "q06_content_changed", "--timed", "60"], stdin=tty_in, stdout=out,
+            terminal.main(["--id", "q06_content_changed", "--timed", "60"], stdin=tty_in, stdout=out,
                        clock=FakeClock(0.0, 5.0))
         assert "time is up" not in out.getvalue() and "answered in 5 s (limit 60 s)." in out.getvalue()
     finally:

@@ -1,15 +1,29 @@
-"""The simulator conformance suite: every scenario on the simulator (always), and on a real
-GPU both backends side by side, each required to give the outcome a real GPU gives."""
+"""The conformance suite: every claim of graphlab_utils.claims on the simulator (always), and on
+a real GPU both backends side by side, each required to give the outcome a real GPU gives.
+
+On the simulator each claim runs as a lesson runs it (``claims.run``: in this process, or in a
+fresh one when it ends in a failed capture), so parallel test workers share the claims out; on a
+GPU the runner of ``python -m graphlab_utils.authoring.conformance`` runs them all on each backend."""
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 
-from graphlab_utils import conformance
+from graphlab_utils import claims
+from graphlab_utils.authoring import conformance
 
-NAMES = list(conformance.SCENARIOS)
+NAMES = list(claims.CLAIMS)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    import graphlab_utils
+    from graphlab_utils import simulator
+
+    session = graphlab_utils.setup(backend="sim", quiet=True)
+    yield session
+    simulator.uninstall()
 
 
 @pytest.fixture(scope="module")
@@ -23,37 +37,55 @@ def real_results():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_simulator_gives_the_gpu_outcome(sim_results, name):
-    outcome = conformance._public(sim_results[name])
-    assert outcome == conformance.SCENARIOS[name].expected, json.dumps(outcome)
+def test_simulator_gives_the_gpu_outcome(sim, name):
+    result = claims.run(name)
+    assert result.holds, result.text()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
 def test_real_gpu_gives_the_expected_outcome(real_results, name):
-    outcome = conformance._public(real_results[name])
-    assert outcome == conformance.SCENARIOS[name].expected, json.dumps(outcome)
+    outcome = claims.public(real_results[name])
+    assert outcome == claims.get(name).expected, json.dumps(outcome, ensure_ascii=False)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
 def test_both_backends_agree(real_results, sim_results, name):
-    assert conformance._public(real_results[name]) == conformance._public(sim_results[name])
+    assert claims.public(real_results[name]) == claims.public(sim_results[name])
 
 
-def test_every_issue_scenario_is_covered():
-    numbers = {s.number for s in conformance.SCENARIOS.values()}
-    assert numbers >= set(range(1, 16))
+def _expected_outcomes() -> dict:
+    return {name: dict(c.expected) for name, c in claims.CLAIMS.items()}
 
 
-def test_table_marks_differences():
-    fake = {"sim": {n: dict(s.expected) for n, s in conformance.SCENARIOS.items()}}
-    first = NAMES[0]
-    fake["sim"][first] = {"something": "else"}
-    text = conformance.table(fake)
-    assert "DIFFERS" in text and text.count("as expected") == len(NAMES) - 1
+def test_table_marks_differences_and_report_says_whether_backends_agree():
+    real, sim = _expected_outcomes(), _expected_outcomes()
+    real[NAMES[0]] = {"crashed": "RuntimeError: boom"}
+    sim[NAMES[1]] = dict(sim[NAMES[1]], _figures={"MiB": 3.5})  # figures are not verdicts
+    record = conformance.report({"real": real, "sim": sim})
+    first = claims.get(NAMES[0])
+    row = (f"| {first.lesson} | {first.statement} (`{NAMES[0]}`) | "
+           'DIFFERS: {"crashed": "RuntimeError: boom"} | as expected | NO |')
+    assert row in record["table"].splitlines()
+    assert record["table"].count("as expected") == 2 * len(NAMES) - 1
+    assert (record["all_expected"], record["backends_agree"]) == (False, False)
+    agreeing = conformance.report({"real": _expected_outcomes(), "sim": sim})
+    assert (agreeing["all_expected"], agreeing["backends_agree"]) == (True, True)
+    assert set(record) == {"results", "table", "all_expected", "backends_agree"}  # what tools/gpu/gpu_report.py reads
 
 
-def test_unknown_scenario_is_a_clear_error(capsys):
-    assert conformance.main(["no_such_scenario"]) == 2
-    assert "unknown scenario" in capsys.readouterr().out
+def test_unknown_claim_is_a_clear_error(capsys):
+    assert conformance.main(["no_such_claim"]) == 2
+    assert capsys.readouterr().out.startswith("unknown claim(s): no_such_claim; the claims are")
+
+
+def test_the_command_runs_claims_and_writes_their_outcomes(tmp_path, capsys):
+    out = tmp_path / "outcomes.json"
+    assert conformance.main(["--backend", "sim", "--json", str(out), "empty_graph_warns", "unjoined_fork_fails"]) == 0
+    text = capsys.readouterr().out
+    assert "(`empty_graph_warns`) | as expected | yes |" in text and "(`unjoined_fork_fails`) | as expected" in text
+    assert text.rstrip().endswith("all claims as expected")
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert saved == {"sim": {"empty_graph_warns": {"a warning says the graph is empty": True},
+                             "unjoined_fork_fails": claims.get("unjoined_fork_fails").expected}}

@@ -7,7 +7,7 @@
 Phases (each writes DIR/<phase>.json):
   env          GPU, driver, CUDA, torch, Python
   unit         the unit tests (pytest tests), GPU-marked tests included
-  conformance  every simulator scenario on the real backend and on the simulator
+  conformance  every claim of graphlab_utils.claims on the real backend and on the simulator
   benchmark    modelled vs measured timings of the standard workloads (benchmarks/sim_vs_real.py)
   nbval        strict nbval of every lesson and solution, real backend; with --jobs N, N notebooks
                share the GPU, and a notebook that fails while sharing it is run again alone (its
@@ -110,13 +110,9 @@ def phase_unit(out: Path) -> dict:
 
 def phase_conformance(out: Path) -> dict:
     sys.path.insert(0, str(ROOT))
-    from graphlab_utils import conformance
+    from graphlab_utils.authoring import conformance
 
-    results = {b: conformance.run(b) for b in ("real", "sim")}
-    return {"results": results, "table": conformance.table(results),
-            "all_expected": all(conformance.verdict(n, results[b][n]) for b in results for n in results[b]),
-            "backends_agree": all(conformance._public(results["real"][n]) == conformance._public(results["sim"][n])
-                                  for n in results["real"])}
+    return conformance.report({b: conformance.run(b) for b in ("real", "sim")})
 
 
 def phase_benchmark(out: Path) -> dict:

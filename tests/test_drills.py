@@ -1,14 +1,18 @@
-"""The question bank of the interview drills: its data, the grading, the widget, the proofs."""
+"""The interview drills of lesson 10: the bank's data, the grading, the texts, the widget, the lesson."""
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from graphlab_utils import quiz, quiz_proofs
+from graphlab_utils import claims, drills
+from graphlab_utils.authoring import drills_notebook
+from graphlab_utils.drills import bank, render
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "10_interview_drills.ipynb"
@@ -26,18 +30,18 @@ def sim():
 
 # -- the bank -------------------------------------------------------------------------------
 def test_bank_loads_without_problems():
-    qs = quiz.bank()
+    qs = bank.bank()
     assert len(qs) >= 30
-    assert quiz.problems(qs) == []
-    assert {q.module for q in qs} == set(quiz.MODULES) == {f"{m:02d}" for m in range(1, 10)}
+    assert bank.problems(qs) == []
+    assert {q.module for q in qs} == set(bank.MODULES) == {f"{m:02d}" for m in range(1, 10)}
     assert len({q.id for q in qs}) == len(qs)
 
 
-def test_most_questions_have_a_proof_that_exists():
-    qs = quiz.bank()
-    with_proof = [q for q in qs if q.proof]
-    assert len(with_proof) >= 0.8 * len(qs)
-    assert all(q.proof in quiz_proofs.PROOFS for q in with_proof)
+def test_most_questions_name_a_claim_that_exists():
+    qs = bank.bank()
+    with_claim = [q for q in qs if q.claim]
+    assert len(with_claim) >= 0.8 * len(qs)
+    assert all(q.claim in claims.CLAIMS for q in with_claim)
 
 
 @pytest.mark.parametrize(("qid", "english", "chinese"), [
@@ -51,76 +55,76 @@ def test_most_questions_have_a_proof_that_exists():
     ("q04_defrag", "SGLang", "我们在 SGLang 中使用了 CUDA Graph，但是发现显存池（Mempool）碎片化整理后，推理结果全错了，可能是什么原因？"),
 ])
 def test_the_study_guide_questions_are_there_in_both_languages(qid, english, chinese):
-    q = quiz.get(qid)
+    q = bank.get(qid)
     assert english in q.question
     assert chinese in q.question_zh
     assert q.source == "study guide"
 
 
 def test_key_answers_say_what_an_interviewer_expects():
-    assert "--cuda-graph-trace=node" in quiz.get("q08_nsys_graph_trace").answer_text
-    defrag = quiz.get("q04_defrag")
+    assert "--cuda-graph-trace=node" in bank.get("q08_nsys_graph_trace").answer_text
+    defrag = bank.get("q04_defrag")
     assert "old addresses" in defrag.answer_text and "cudaGraphExecUpdate" in defrag.answer_text
     assert defrag.answer_zh == "碎片整理移动了物理内存地址，但 Graph 内部还持有旧的指针地址。必须 Re-capture 或 Update Graph。"
-    assert quiz.get("q03_random_branch").answer_zh == "不会。它会永远执行录制时走的那条路。"
+    assert bank.get("q03_random_branch").answer_zh == "不会。它会永远执行录制时走的那条路。"
 
 
 def test_a_broken_bank_is_reported_in_one_sentence(tmp_path):
-    raw = json.loads(quiz.DATA_PATH.read_text(encoding="utf-8"))
+    raw = json.loads(bank.DATA_PATH.read_text(encoding="utf-8"))
     first = raw["questions"][0]
-    raw["questions"] = [first, dict(first), dict(first, id="q01_other", answer="E", proof="no_such_proof")]
+    raw["questions"] = [first, dict(first), dict(first, id="q01_other", answer="E", claim="no_such_claim")]
     path = tmp_path / "bank.json"
     path.write_text(json.dumps(raw), encoding="utf-8")
-    with pytest.raises(quiz.QuizError) as info:
-        quiz.load(path)
+    with pytest.raises(bank.DrillError) as info:
+        bank.load(path)
     text = str(info.value)
     assert "used twice" in text and "'E' is not one of its option letters" in text
-    assert "no_such_proof" in text
+    assert "claim 'no_such_claim' is not a claim of graphlab_utils.claims" in text
     (tmp_path / "bad.json").write_text("{", encoding="utf-8")
-    with pytest.raises(quiz.QuizError, match="cannot read the question bank"):
-        quiz.load(tmp_path / "bad.json")
+    with pytest.raises(bank.DrillError, match="cannot read the question bank"):
+        bank.load(tmp_path / "bad.json")
 
 
 def test_unknown_id_suggests_a_close_one():
-    with pytest.raises(quiz.QuizError, match="did you mean q04_defrag"):
-        quiz.get("q04_defrg")
+    with pytest.raises(bank.DrillError, match="did you mean q04_defrag"):
+        bank.get("q04_defrg")
 
 
 def test_select_by_module_count_and_seed():
-    assert {q.module for q in quiz.select(module="04")} == {"04"}
-    assert {q.module for q in quiz.select(module=[3, "07"])} == {"03", "07"}
-    assert len(quiz.select(count=5, seed=1)) == 5
-    assert [q.id for q in quiz.select(seed=11)] == [q.id for q in quiz.select(seed=11)]
-    assert [q.id for q in quiz.select(seed=11)] != [q.id for q in quiz.select(seed=12)]
-    assert [q.id for q in quiz.select(ids=["q04_defrag", "q01_warmup"])] == ["q04_defrag", "q01_warmup"]
-    with pytest.raises(quiz.QuizError, match="module '10' has no questions"):
-        quiz.select(module="10")
+    assert {q.module for q in bank.select(module="04")} == {"04"}
+    assert {q.module for q in bank.select(module=[3, "07"])} == {"03", "07"}
+    assert len(bank.select(count=5, seed=1)) == 5
+    assert [q.id for q in bank.select(seed=11)] == [q.id for q in bank.select(seed=11)]
+    assert [q.id for q in bank.select(seed=11)] != [q.id for q in bank.select(seed=12)]
+    assert [q.id for q in bank.select(ids=["q04_defrag", "q01_warmup"])] == ["q04_defrag", "q01_warmup"]
+    with pytest.raises(bank.DrillError, match="module '10' has no questions"):
+        bank.select(module="10")
 
 
 # -- grading --------------------------------------------------------------------------------
 @pytest.mark.parametrize("answer", ["B", "b", " b ", "(B)", "B)", "b.", "option B",
                                     "No: every replay runs the branch that was taken during capture."])
 def test_choice_accepts_the_letter_in_any_form_or_the_option(answer):
-    g = quiz.grade("q03_random_branch", answer)
+    g = bank.grade("q03_random_branch", answer)
     assert g.correct and g.score == 1.0 and g.chosen == "B"
     assert str(g) == "correct (B)."
 
 
 def test_choice_wrong_invalid_and_empty():
-    wrong = quiz.grade("q03_random_branch", "A")
+    wrong = bank.grade("q03_random_branch", "A")
     assert (wrong.verdict, wrong.score, str(wrong)) == (
         "wrong", 0.0, "not quite: A is not the answer. Try again, or reveal the model answer.")
     assert "B" not in str(wrong)  # Check does not give the answer away; Reveal does
-    assert quiz.grade("q03_random_branch", "E").verdict == "invalid"
-    assert quiz.grade("q03_random_branch", "maybe both").verdict == "invalid"
-    assert quiz.grade("q03_random_branch", "  ").verdict == "empty"
-    assert quiz.grade("q03_random_branch", None).verdict == "empty"
+    assert bank.grade("q03_random_branch", "E").verdict == "invalid"
+    assert bank.grade("q03_random_branch", "maybe both").verdict == "invalid"
+    assert bank.grade("q03_random_branch", "  ").verdict == "empty"
+    assert bank.grade("q03_random_branch", None).verdict == "empty"
 
 
 def test_every_free_model_answer_makes_all_its_key_points():
-    for q in quiz.bank():
+    for q in bank.bank():
         if q.kind == "free":
-            g = quiz.grade(q, q.answer_text)
+            g = bank.grade(q, q.answer_text)
             assert g.correct, (q.id, g.missing)
 
 
@@ -133,46 +137,46 @@ def test_every_free_model_answer_makes_all_its_key_points():
     ("q08_nsys_graph_trace", "Run nsys profile --cuda-graph-trace=node; by default the whole graph launch is one range."),
 ])
 def test_free_answers_in_other_words_or_in_chinese_pass(qid, answer):
-    assert quiz.grade(qid, answer).correct
+    assert bank.grade(qid, answer).correct
 
 
 def test_free_answers_that_miss_points_are_partial_or_not_yet():
-    partial = quiz.grade("q04_defrag", "The data moved to new addresses and the graph kept the old pointers.")
+    partial = bank.grade("q04_defrag", "The data moved to new addresses and the graph kept the old pointers.")
     assert partial.verdict == "partial" and partial.score == 0.5
-    assert partial.missing == (quiz.get("q04_defrag").key_points[2].point,)
+    assert partial.missing == (bank.get("q04_defrag").key_points[2].point,)
     assert str(partial).startswith("partial answer: it makes 2 of 3 key points.\n  missing: fix:")
-    wrong = quiz.grade("q04_defrag", "The GPU ran out of memory.")
+    wrong = bank.grade("q04_defrag", "The GPU ran out of memory.")
     assert wrong.verdict == "wrong" and wrong.score == 0.0 and len(wrong.missing) == 3
-    assert quiz.grade("q04_defrag", "").verdict == "empty"
+    assert bank.grade("q04_defrag", "").verdict == "empty"
 
 
 def test_phrases_match_at_the_start_of_words_only():
     # "pad" must not be found inside "scratchpad", nor "no," inside "piano,"
-    assert not quiz._says("a scratchpad buffer", "pad")
-    assert quiz._says("we pad the batch", "pad") and quiz._says("padding", "pad")
-    assert not quiz._says("a piano, then", "no,")
+    assert not bank._says("a scratchpad buffer", "pad")
+    assert bank._says("we pad the batch", "pad") and bank._says("padding", "pad")
+    assert not bank._says("a piano, then", "no,")
 
 
 def test_reveal_and_card_texts():
-    text = quiz.reveal("q03_random_branch")
+    text = render.reveal("q03_random_branch")
     assert text.startswith("answer: B) No: every replay runs the branch")
     assert "study guide (中文): 不会。" in text and 'proof: quiz.prove("q03_random_branch")' in text
-    assert "key points:" in quiz.reveal("q04_defrag")
-    assert "none: it is a fact" in quiz.reveal("q06_sglang_instances")
-    c = quiz.card("q03_random_branch")
+    assert "key points:" in render.reveal("q04_defrag")
+    assert "none: it is a fact" in render.reveal("q06_sglang_instances")
+    c = render.card("q03_random_branch")
     assert c.splitlines()[0] == "[03 · Static control flow] q03_random_branch"
     assert "  B) No: every replay runs the branch that was taken during capture." in c
     assert all(len(line) <= 88 for line in c.splitlines() if not re.search(r"[\u3000-\u9fff]", line))
 
 
 def test_summary_counts_the_bank():
-    first = quiz.summary().splitlines()[0]
-    assert first.startswith(f"{len(quiz.bank())} questions: ")
+    first = render.summary().splitlines()[0]
+    assert first.startswith(f"{len(bank.bank())} questions: ")
 
 
 # -- the widget -----------------------------------------------------------------------------
 def test_choice_widget_checks_and_reveals():
-    w = quiz.widget("q03_random_branch")
+    w = render.widget("q03_random_branch")
     assert "graphlab-quiz" in w._dom_classes
     w.check(None)
     assert "no answer yet" in w.feedback.value
@@ -193,64 +197,32 @@ def test_choice_widget_checks_and_reveals():
 
 
 def test_free_widget_lists_missing_points():
-    w = quiz.widget("q04_defrag")
+    w = render.widget("q04_defrag")
     w.answer.value = "the cache moved to new addresses; the graph holds the old pointers"
     w.check(None)
     assert "partial answer" in w.feedback.value and "<li>missing: fix:" in w.feedback.value
 
 
 def test_widget_prove_button(sim):
-    w = quiz.widget("q06_content_changed")
+    w = render.widget("q06_content_changed")
     w.prove(None)
     assert "verdict: the proof holds" in w.children[5].value
-    assert quiz.widget("q06_sglang_instances").children[2].children[2].disabled
+    assert render.widget("q06_sglang_instances").children[2].children[2].disabled
 
 
-# -- proofs ---------------------------------------------------------------------------------
-FAST = [name for name, p in quiz_proofs.PROOFS.items() if not p.slow]
-
-
-@pytest.mark.parametrize("name", FAST)
-def test_fast_proofs_hold_on_the_simulator(sim, name):
-    result = quiz_proofs.run(name)
-    assert result.holds, result.text()
-
-
-@pytest.mark.parametrize("name", ["data_branch_fails", "capture_error_site"])
-def test_slow_proofs_hold_on_the_simulator(sim, name):
-    result = quiz_proofs.run(name)
-    assert result.holds, result.text()
-
-
-def test_a_proof_that_does_not_hold_says_so(sim, monkeypatch):
-    monkeypatch.setitem(quiz_proofs.PROOFS, "fake", quiz_proofs.Proof(
-        "fake", "a claim", lambda device: {"verdict": False, "_figure": 3.5}, {"verdict": True}))
-    result = quiz_proofs.run("fake")
-    assert not result.holds and result.observed == {"verdict": False}
-    assert result.text() == ("proof: a claim\n  verdict: False   (a GPU gives: True)\n"
-                             "verdict: the proof does NOT hold here (see the lines marked above)")
-
-
-def test_a_proof_that_crashes_is_reported_without_a_traceback(sim, monkeypatch):
-    def crash(device):
-        raise ValueError("boom\nsecond line")
-
-    monkeypatch.setitem(quiz_proofs.PROOFS, "crash", quiz_proofs.Proof("crash", "a claim", crash, {}))
-    result = quiz_proofs.run("crash")
-    assert result.error == "ValueError: boom" and not result.holds
-    assert "the proof could not run: ValueError: boom" in result.text()
-
-
+# -- proofs ----------------------------------------------------------------------------------
 def test_prove_prints_and_proof_source_shows_code(sim, capsys):
-    quiz.prove("q03_random_branch")
+    render.prove("q03_random_branch")
     out = capsys.readouterr().out
     assert out.startswith("proof: a Python `if random() > 0.5` is decided once, at capture\n")
     assert out.endswith("verdict: the proof holds\n")
-    quiz.prove("q05_above_max")
+    render.prove("q05_above_max")
     assert "has no runnable proof" in capsys.readouterr().out
-    assert "def device_select(device):" in quiz.proof_source("q03_device_branch")
-    with pytest.raises(quiz.QuizError):
-        quiz.proof_source("q05_above_max")
+    source = render.proof_source("q03_device_branch")
+    assert source.startswith('@claim("`torch.where` keeps a data-dependent choice inside the graph"')
+    assert "def device_select(device):" in source
+    with pytest.raises(bank.DrillError):
+        render.proof_source("q05_above_max")
 
 
 # -- the lesson -----------------------------------------------------------------------------
@@ -258,13 +230,13 @@ def test_the_lesson_has_a_widget_and_a_proof_for_every_question():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     sources = [c.source for c in nb.cells]
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    for q in quiz.bank():
+    for q in bank.bank():
         widget_cells = [s for s in sources if s.endswith(f'quiz.widget("{q.id}")')]
         assert len(widget_cells) == 1, q.id
         assert widget_cells[0].startswith("# NBVAL_IGNORE_OUTPUT"), q.id
-        if q.proof and not quiz_proofs.PROOFS[q.proof].slow:
+        if q.claim and not claims.get(q.claim).slow:
             assert f'quiz.prove("{q.id}")' in code, q.id
-    slow_run = [q.id for q in quiz.bank() if q.proof and quiz_proofs.PROOFS[q.proof].slow
+    slow_run = [q.id for q in bank.bank() if q.claim and claims.get(q.claim).slow
                 and f'quiz.prove("{q.id}")' in code]
     assert 1 <= len(slow_run) <= 2  # a child process each: the rest is one click away
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
@@ -272,3 +244,33 @@ def test_the_lesson_has_a_widget_and_a_proof_for_every_question():
                  "../labs/10_interview_drills.ipynb"):
         assert link in text
 
+
+def test_the_lesson_is_generated_from_the_bank_and_says_so(capsys):
+    assert drills_notebook.main(["--check", "--notebook", str(NOTEBOOK)]) == 0, capsys.readouterr().out
+    first = nbformat.read(NOTEBOOK, as_version=4).cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("*A generated notebook.* `graphlab build-lesson10`")
+
+
+def test_the_check_names_the_cells_that_drifted(tmp_path, capsys):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells[3].source += "\nprint('edited by hand')"
+    del nb.cells[5]
+    edited = tmp_path / "10.ipynb"
+    nbformat.write(nb, edited)
+    assert drills_notebook.main(["--check", "--notebook", str(edited)]) == 1
+    out = capsys.readouterr().out
+    assert f"{edited}: cell 3 differs from what the bank makes" in out
+    assert "the bank makes 1 more cell(s) before cell 5" in out
+    assert out.rstrip().endswith("it is generated from graphlab_utils/drills/questions.json and never edited by hand")
+    assert drills_notebook.main(["--check", "--notebook", str(tmp_path / "missing.ipynb")]) == 1
+    assert "missing.ipynb is missing: run `graphlab build-lesson10`" in capsys.readouterr().out
+
+
+def test_the_package_hands_out_the_learner_functions_and_imports_nothing_until_asked():
+    assert drills.grade is bank.grade and drills.prove is render.prove and drills.widget is render.widget
+    with pytest.raises(AttributeError):
+        drills.no_such_function  # noqa: B018
+    proc = subprocess.run([sys.executable, "-c", "import sys, graphlab_utils.drills as d; "
+                           "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('graphlab_utils.drills.')))"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -1,37 +1,47 @@
-"""Write notebooks/10_interview_drills.ipynb from the question bank (and, with --execute, run it).
+"""``graphlab build-lesson10``: write lesson 10, the interview drills, from the question bank.
 
-    python tools/build_drills_notebook.py --execute
+``notebooks/10_interview_drills.ipynb`` is generated: every question of
+``graphlab_utils/drills/questions.json`` gets a section, its quiz widget and a "prove it"
+cell (claims that start a child process run in the notebook for the questions of
+``RUN_SLOW`` only; the others are one click away, on the widget's Prove it button). The
+command writes the notebook and runs it on the simulator, in a kernel of this Python
+environment, because lessons are committed with their outputs. After the run the widget
+cells keep only their text form (the question card) and the notebook's widget state is
+dropped: the widget views' model ids change at every run, and a fresh run in Jupyter draws
+the widgets again; consecutive prints of a cell are stored as one output.
 
-Every question of graphlab_utils/data/questions.json gets a section: its quiz widget and a
-"prove it" cell (proofs that start a child process are run for at most `RUN_SLOW` questions;
-the others are one click away, on the widget's Prove it button). Run this after editing the
-bank; tests/test_quiz.py fails when a question has no section.
+    graphlab build-lesson10                  # write and run the lesson
+    graphlab build-lesson10 --no-execute     # write it without outputs
+    graphlab build-lesson10 --check          # exit 1 when the committed sources differ
 
-The notebook is committed with its outputs, produced on the simulator. After execution the
-widget cells keep only their text form (the question card) and the notebook's widget state
-is dropped: the widget views' model ids change at every run, and a fresh run in Jupyter
-draws the widgets again.
+(``python -m graphlab_utils.authoring.drills_notebook`` takes the same options.) ``--check``
+compares the cells' sources only, so it starts no kernel: outputs, execution counts and
+metadata are what a run produced.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from graphlab_utils.errors import GraphlabError
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+__all__ = ["COMMAND", "DEFAULT_NOTEBOOK", "DrillsNotebookError", "build", "execute", "main", "source_differences",
+           "coalesce_streams", "strip_widget_state"]
 
-from graphlab_utils import quiz, quiz_proofs  # noqa: E402
-
-OUT = REPO / "notebooks" / "10_interview_drills.ipynb"
+STEM = "10_interview_drills"
+COMMAND = "graphlab build-lesson10"
+DEFAULT_NOTEBOOK = Path("notebooks") / f"{STEM}.ipynb"
 GITHUB = "cuda-graph-lab/cuda-graph-lab"
-COLAB = f"https://colab.research.google.com/github/{GITHUB}/blob/main/notebooks/10_interview_drills.ipynb"
-RUN_SLOW = ("q02_item_in_capture",)  # slow proofs (a child process each) run in the notebook
+COLAB = f"https://colab.research.google.com/github/{GITHUB}/blob/main/notebooks/{STEM}.ipynb"
+RUN_SLOW = ("q02_item_in_capture",)  # questions whose slow claim (a child process each) runs in the notebook
+CELL_TIMEOUT_S = 600
+
+
+class DrillsNotebookError(GraphlabError, RuntimeError):
+    """The lesson cannot be written, run or checked; the message says what to do."""
+
 
 NO_PROOF = {
     "q02_capture_modes": "it is about other threads, which the simulator does not model; lesson 02 "
@@ -40,6 +50,12 @@ NO_PROOF = {
                      "(section 4).",
     "q06_sglang_instances": "it is a fact about SGLang's code; lesson 06 walks through it (section 8).",
 }
+
+GENERATED_TEXT = f"""\
+*A generated notebook.* `{COMMAND}` writes `notebooks/{STEM}.ipynb` from the question bank,
+`graphlab_utils/drills/questions.json`, whose questions name the claims of `graphlab_utils/claims/`
+that prove them, and runs it on the simulator. To change a question, edit the bank and run the
+command: an edit made in this notebook is lost at the next build."""
 
 TITLE = f"""\
 # 10 · Interview drills
@@ -53,7 +69,7 @@ here, on a GPU or on the simulator, and print the same verdicts on both.
 
 The questions cover modules 01 to 09. Many come from the study guide the course grew from,
 and its Chinese originals are quoted (原文). They are kept as data in the course package
-(`graphlab_utils/data/questions.json`): the same bank drives this notebook, the
+(`graphlab_utils/drills/questions.json`): the same bank drives this notebook, the
 `graphlab drill` command in a terminal, and the [workshop guide](../docs/workshop/README.md).
 
 **Learning objectives.** After this notebook you can:
@@ -82,8 +98,9 @@ SETUP_MD = """\
 ## 1. Setup
 
 The same first cell as every notebook: it picks the backend (a real GPU, or the CPU
-simulator) and prints one line saying which. `quiz` holds the question bank, the grading and
-the widgets; `drill` is the terminal version.
+simulator) and prints one line saying which. `quiz` is the course's `graphlab_utils.drills`:
+the question bank, the grading, the widgets and the proofs; `terminal` is the version for a
+terminal.
 """
 
 SETUP = """\
@@ -99,7 +116,8 @@ import io
 
 import torch
 import graphlab_utils as gl
-from graphlab_utils import drill, quiz
+from graphlab_utils import drills as quiz
+from graphlab_utils.drills import terminal
 
 S = gl.setup()
 DEVICE = S.device"""
@@ -143,11 +161,11 @@ REVEAL_MD = """\
 """
 
 PROOF_MD = """\
-**How a proof works.** Each proof is a short function of `graphlab_utils.quiz_proofs` that runs
-genuine PyTorch CUDA-graph code and returns what it saw as verdicts: booleans, counts, error
-names, never tensors, addresses or timings (speed claims are ratios of two timings taken side by
-side). So it prints the same lines on a GPU and on the simulator, and `@proof` records what a real
-GPU gives. Proofs that end in a failed capture run in a child process, because a failed capture
+**How a proof works.** Each proof is a *claim* of `graphlab_utils.claims` (one file per lesson):
+a short function that runs genuine PyTorch CUDA-graph code and returns what it saw as verdicts:
+booleans, counts, error names, never tensors, addresses or timings (speed claims are ratios of two
+timings taken side by side). So it prints the same lines on a GPU and on the simulator, and
+`@claim` records what a real GPU gives; the course's conformance suite runs every claim on both. Proofs that end in a failed capture run in a child process, because a failed capture
 damages a real CUDA process (lesson 02). Here is the proof of the question on data-dependent
 choices (lesson 03):
 """
@@ -160,7 +178,7 @@ runs with scripted answers; in a terminal it reads your keyboard:
 
 TERMINAL = """\
 answers = io.StringIO("A\\nSelect on the device with torch.where, so both paths are computed.\\n\\n")
-exit_code = drill.main(["--id", "q03_random_branch", "--id", "q03_device_branch"], stdin=answers)"""
+exit_code = terminal.main(["--id", "q03_random_branch", "--id", "q03_device_branch"], stdin=answers)"""
 
 MOCK_MD = """\
 ---
@@ -189,8 +207,8 @@ so that the cell shows what a late answer looks like:
 
 MOCK = """\
 ticks = iter([0.0, 30.0, 100.0, 250.0])  # when each question is asked and answered, in seconds
-exit_code = drill.main(["--id", "q06_content_changed", "--id", "q04_rebind", "--timed", "90"],
-                       stdin=io.StringIO("B\\nB\\n"), clock=lambda: next(ticks))"""
+exit_code = terminal.main(["--id", "q06_content_changed", "--id", "q04_rebind", "--timed", "90"],
+                          stdin=io.StringIO("B\\nB\\n"), clock=lambda: next(ticks))"""
 
 EXERCISES_MD = """\
 ---
@@ -227,15 +245,22 @@ def _slug(qid: str) -> str:
     return qid.replace("_", "-")
 
 
-def build() -> nbformat.NotebookNode:
+def build():
+    """The lesson, without outputs: a generated-file note, then every section and question."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    from graphlab_utils import claims
+    from graphlab_utils.drills import bank
+
     cells = []
     md = lambda text, cid: cells.append(new_markdown_cell(text.strip("\n"), id=cid))  # noqa: E731
     code = lambda text, cid: cells.append(new_code_cell(text.strip("\n"), id=cid))  # noqa: E731
 
     first_section = 3
     contents = "\n".join(f"{first_section + i}. {title} (module {m})"
-                         for i, (m, (title, _)) in enumerate(quiz.MODULES.items()))
-    n_mock = first_section + len(quiz.MODULES)
+                         for i, (m, (title, _)) in enumerate(bank.MODULES.items()))
+    n_mock = first_section + len(bank.MODULES)
+    md(GENERATED_TEXT, "drills-generated")
     md(TITLE.replace("{contents}", contents).replace("{n_mock}", str(n_mock)).replace("{n_ex}", str(n_mock + 1)),
        "drills-title")
     md(SETUP_MD, "drills-setup-md")
@@ -251,18 +276,21 @@ def build() -> nbformat.NotebookNode:
     md(TERMINAL_MD, "drills-terminal-md")
     code(TERMINAL, "drills-terminal")
 
-    for i, (m, (title, stem)) in enumerate(quiz.MODULES.items()):
+    for i, (m, (title, stem)) in enumerate(bank.MODULES.items()):
         n = first_section + i
-        questions = quiz.select(module=m)
+        questions = bank.select(module=m)
         md(f"---\n## {n}. {title} (module {m})\n\nThe lesson: [{m} · {title}]({stem}.ipynb). "
            f"{len(questions)} questions.", f"drills-module-{m}")
         for j, q in enumerate(questions, 1):
             src = " (from the study guide)" if q.source == "study guide" else ""
             md(f"### {n}.{j} · {q.title}{src}", f"{_slug(q.id)}-title")
             code(f'# NBVAL_IGNORE_OUTPUT\nquiz.widget("{q.id}")', f"{_slug(q.id)}-widget")
-            if q.proof is None:
+            if q.claim is None:
+                if q.id not in NO_PROOF:
+                    raise DrillsNotebookError(f"{q.id} names no claim: give it one in the bank, or say in "
+                                              "NO_PROOF of graphlab_utils/authoring/drills_notebook.py why it has none")
                 md(f"No runnable proof: {NO_PROOF[q.id]}", f"{_slug(q.id)}-no-proof")
-            elif quiz_proofs.PROOFS[q.proof].slow and q.id not in RUN_SLOW:
+            elif claims.get(q.claim).slow and q.id not in RUN_SLOW:
                 md(f"*Prove it:* this proof runs in a child process (a few seconds): press **Prove it** "
                    f'above, or run `quiz.prove("{q.id}")` in a cell.', f"{_slug(q.id)}-slow-proof")
             else:
@@ -272,14 +300,20 @@ def build() -> nbformat.NotebookNode:
     code(MOCK, "drills-mock")
     md(EXERCISES_MD.format(n=n_mock + 1), "drills-exercises")
 
-    welcome = nbformat.read(REPO / "notebooks" / "00_welcome.ipynb", as_version=4)
-    return new_notebook(cells=cells, metadata=dict(welcome.metadata))
+    nb = new_notebook(cells=cells)
+    nb.metadata = {  # the course's notebook metadata (a run fills language_info in)
+        "accelerator": "GPU",
+        "colab": {"gpuType": "T4", "provenance": [], "toc_visible": True},
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    return nb
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
-def strip_widget_state(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+def strip_widget_state(nb):
     """Keep only the text form of widget outputs, and drop the saved widget state."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
@@ -290,20 +324,116 @@ def strip_widget_state(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def coalesce_streams(nb):
+    """Join consecutive stream outputs of a cell (a flush in the middle of a print splits them)."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            last = merged[-1] if merged else None
+            if last is not None and out.output_type == last.output_type == "stream" and out.name == last.name:
+                last.text += out.text
+            else:
+                merged.append(out)
+        if "outputs" in cell:
+            cell.outputs = merged
+    return nb
+
+
+def execute(nb, cwd: Path) -> None:
+    """Run ``nb`` top to bottom on the simulator, in a kernel of this Python environment."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from graphlab_utils.authoring.grading import _kernel_manager
+
+    saved = os.environ.get("GRAPHLAB_BACKEND")
+    os.environ["GRAPHLAB_BACKEND"] = "sim"  # the stored outputs are the simulator's
+    try:
+        NotebookClient(nb, km=_kernel_manager(), timeout=CELL_TIMEOUT_S, record_timing=False,
+                       resources={"metadata": {"path": str(cwd)}}).execute()
+    except CellExecutionError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise DrillsNotebookError(f"a cell of lesson 10 failed ({lines[-1] if lines else 'no message'}); "
+                                  "fix the question or the claim it names and run the command again") from exc
+    finally:
+        if saved is None:
+            os.environ.pop("GRAPHLAB_BACKEND", None)
+        else:
+            os.environ["GRAPHLAB_BACKEND"] = saved
+    coalesce_streams(strip_widget_state(nb))
+
+
+def _cells(nb) -> list:
+    return [(cell.cell_type, cell.source) for cell in nb.cells]
+
+
+def _first_line(cell) -> str:
+    return repr((cell[1].splitlines() or [""])[0][:60])
+
+
+def _span(i1: int, i2: int, one: str, many: str) -> str:
+    return f"cell {i1} {one}" if i2 - i1 == 1 else f"cells {i1}-{i2 - 1} {many}"
+
+
+def source_differences(expected, actual) -> list:
+    """How the cells of ``actual`` differ from ``expected`` (types and sources only); empty when equal."""
+    import difflib
+
+    have, want = _cells(actual), _cells(expected)
+    problems = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=have, b=want, autojunk=False).get_opcodes():
+        if tag == "replace":
+            problems.append(f"{_span(i1, i2, 'differs', 'differ')} from what the bank makes "
+                            f"(now {_first_line(have[i1])}, generated {_first_line(want[j1])})")
+        elif tag == "delete":
+            problems.append(f"{_span(i1, i2, 'is', 'are')} not made by the bank (from {_first_line(have[i1])})")
+        elif tag == "insert":
+            problems.append(f"the bank makes {j2 - j1} more cell(s) before cell {i1} (from {_first_line(want[j1])})")
+    return problems
+
+
+def _check(path: Path) -> int:
+    import nbformat
+
+    if not path.is_file():
+        print(f"{path} is missing: run `{COMMAND}` from the repository's root")
+        return 1
+    problems = source_differences(build(), nbformat.read(path, as_version=4))
+    for problem in problems:
+        print(f"{path}: {problem}")
+    if problems:
+        print(f"{path} is stale: run `{COMMAND}`; it is generated from graphlab_utils/drills/questions.json "
+              "and never edited by hand")
+        return 1
+    print(f"build-lesson10 --check: {path} is up to date with graphlab_utils/drills/questions.json")
+    return 0
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--execute", action="store_true", help="run it on the simulator after writing it")
-    a = p.parse_args(argv)
-    nbformat.write(build(), OUT)
-    if a.execute:
-        env = dict(os.environ, GRAPHLAB_BACKEND="sim")
-        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                        "--inplace", str(OUT)], check=True, env=env, cwd=REPO)
-        nb = strip_widget_state(nbformat.read(OUT, as_version=4))
-        nbformat.write(nb, OUT)
-    print(f"wrote {OUT.relative_to(REPO)}")
+    parser = argparse.ArgumentParser(
+        prog=COMMAND, description="Write lesson 10 from the interview question bank and run it on the simulator.")
+    parser.add_argument("--check", action="store_true",
+                        help="compare the committed notebook's cell sources with what the bank makes; write nothing")
+    parser.add_argument("--no-execute", action="store_true", help="write the notebook without running it")
+    parser.add_argument("--notebook", default=str(DEFAULT_NOTEBOOK), metavar="PATH",
+                        help=f"the lesson notebook (default: {DEFAULT_NOTEBOOK})")
+    args = parser.parse_args(argv)
+    path = Path(args.notebook)
+    if args.check:
+        return _check(path)
+    if not path.parent.is_dir():
+        raise DrillsNotebookError(f"{path.parent} is not a folder: run `{COMMAND}` from the repository's root, "
+                                  "or name the notebook with --notebook")
+    import nbformat
+
+    nb = build()
+    if not args.no_execute:
+        execute(nb, path.resolve().parent)
+    nbformat.write(nb, path)
+    ran = "written" if args.no_execute else "written and run on the simulator"
+    print(f"{path}: {len(nb.cells)} cells, {ran}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

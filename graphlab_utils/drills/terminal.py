@@ -10,14 +10,14 @@
 Answer a choice question with its letter; a free question in a few sentences, ending with an
 empty line. An empty answer skips the question; end of input (Ctrl-D) ends the drill. After
 each answer the drill says how it did, then reveals the model answer and why. At the end it
-prints the session's score.
+prints the drill's score.
 
 ``--timed SECONDS`` gives each question a time limit. An answer that comes after the limit
 counts as late (no points) and the drill says so. The limit is kept by measuring the time
 from the question to its answer; in an interactive terminal the drill also says "time is
 up" when the limit passes while you are still typing, by waiting on standard input with
 ``select`` (no threads). ``main()`` takes its input, output and clock as arguments, so
-tests can script a whole session.
+tests can script a whole drill.
 """
 from __future__ import annotations
 
@@ -28,16 +28,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import quiz
+from . import bank, render
 
-__all__ = ["Session", "main"]
+__all__ = ["DrillScore", "main"]
 
 PROMPT = "your answer> "
 MORE = "...> "
 
 
 @dataclass
-class Session:
+class DrillScore:
+    """The drill's score so far: answers by outcome, points, and the questions to review."""
+
     asked: int = 0
     points: float = 0.0
     counts: dict = field(default_factory=lambda: {"correct": 0, "partial": 0, "wrong": 0, "skipped": 0, "late": 0})
@@ -112,7 +114,7 @@ class _Reader:
                 self.stdout.write("\n(time is up: finish your answer anyway; it will count as late)\n" + prompt)
                 self.stdout.flush()
         line = self.stdin.readline()
-        if not self.interactive:  # scripted input: echo it, so that the transcript reads like a session
+        if not self.interactive:  # scripted input: echo it, so that the transcript reads like a terminal's
             self.stdout.write(line if line.endswith("\n") else line + "\n")
         return line
 
@@ -135,8 +137,8 @@ def _read_answer(q, reader: _Reader):
 
 def _list(out) -> None:
     out.write(f"{'id':28s} {'kind':7s} {'proof':6s} title\n")
-    for q in quiz.bank():
-        out.write(f"{q.id:28s} {q.kind:7s} {'yes' if q.proof else 'no':6s} {q.title}\n")
+    for q in bank.bank():
+        out.write(f"{q.id:28s} {q.kind:7s} {'yes' if q.claim else 'no':6s} {q.title}\n")
 
 
 def main(argv=None, stdin=None, stdout=None, clock=None) -> int:
@@ -149,13 +151,13 @@ def main(argv=None, stdin=None, stdout=None, clock=None) -> int:
         _list(out)
         return 0
     if args.timed is not None and args.timed <= 0:
-        raise quiz.QuizError("--timed takes a positive number of seconds")
+        raise bank.DrillError("--timed takes a positive number of seconds")
     seed = args.seed
     if seed is None and not args.ids:
         seed = random.SystemRandom().randrange(1, 10**6)
-    questions = quiz.select(module=args.module, count=None if args.all else args.count, seed=seed, ids=args.ids)
+    questions = bank.select(module=args.module, count=None if args.all else args.count, seed=seed, ids=args.ids)
     if not questions:
-        raise quiz.QuizError("no question to ask: give --count 1 or more")
+        raise bank.DrillError("no question to ask: give --count 1 or more")
     limit = args.timed
 
     modules = sorted({q.module for q in questions})
@@ -174,10 +176,10 @@ def main(argv=None, stdin=None, stdout=None, clock=None) -> int:
         s = graphlab_utils.setup(quiet=True)
         out.write(f"proofs run on the {s.backend} backend; timings {s.timing_label}\n")
 
-    session = Session()
+    score = DrillScore()
     try:
         for number, q in enumerate(questions, 1):
-            out.write(f"\n--- question {number} of {len(questions)} ---\n{quiz.card(q)}\n")
+            out.write(f"\n--- question {number} of {len(questions)} ---\n{render.card(q)}\n")
             out.flush()
             start = clock()
             reader = _Reader(stdin, out, clock, start + limit if limit else None)
@@ -187,33 +189,33 @@ def main(argv=None, stdin=None, stdout=None, clock=None) -> int:
                 break
             elapsed = clock() - start
             if not answer:
-                session.record(q.id, "skipped", 0.0)
+                score.record(q.id, "skipped", 0.0)
                 out.write("skipped.\n")
             else:
-                result = quiz.grade(q, answer)
+                result = bank.grade(q, answer)
                 late = limit is not None and elapsed > limit
                 outcome = "late" if late else {"correct": "correct", "partial": "partial"}.get(result.verdict, "wrong")
-                session.record(q.id, outcome, 0.0 if late else result.score)
+                score.record(q.id, outcome, 0.0 if late else result.score)
                 out.write(f"-> {result.text()}\n")
                 if late:
                     out.write(f"late: answered after {elapsed:.0f} s, past the {limit:g} s limit: no points.\n")
                 elif limit:
                     out.write(f"answered in {elapsed:.0f} s (limit {limit:g} s).\n")
-            out.write(quiz.reveal(q) + "\n")
-            if args.prove and q.proof:
+            out.write(render.reveal(q) + "\n")
+            if args.prove and q.claim:
                 out.write("running the proof...\n")
                 out.flush()
-                out.write(quiz.run_proof(q).text() + "\n")
+                out.write(render.run_proof(q).text() + "\n")
     except KeyboardInterrupt:
         out.write("\n(interrupted)\n")
-        out.write("\n" + session.text(limit) + "\n")
+        out.write("\n" + score.text(limit) + "\n")
         return 130
-    out.write("\n" + session.text(limit) + "\n")
+    out.write("\n" + score.text(limit) + "\n")
     out.flush()
     return 0
 
 
 if __name__ == "__main__":
-    from .cli import main as _cli_main
+    from graphlab_utils.cli import main as _cli_main
 
     raise SystemExit(_cli_main(["drill", *sys.argv[1:]]))
