@@ -5,7 +5,7 @@ Sub-commands delegate to the modules that own them:
 * ``graphlab doctor``: :mod:`graphlab_utils.doctor`
 * ``graphlab build-labs [--check] [--solutions DIR] [--labs DIR]``: :mod:`graphlab_utils.authoring.labs`
 * ``graphlab calibrate ...``: :mod:`graphlab_utils.authoring.calibrate` (on a GPU)
-* ``graphlab drill [--module NN] [--count N] [--seed S] [--timed SECONDS]``: :mod:`graphlab_utils.drill`
+* ``graphlab drill [--module NN] [--count N] [--seed S] [--timed SECONDS]``: :mod:`graphlab_utils.drills.terminal`
 * ``graphlab check NOTEBOOK [--timeout S] [--backend B] [--save PATH]``: :mod:`graphlab_utils.authoring.grading`
 
 An error prints as one sentence and a non-zero exit status, never as a traceback
@@ -27,7 +27,7 @@ COMMANDS = {
     "doctor": ("graphlab_utils.doctor", "report the environment and say what to fix"),
     "build-labs": ("graphlab_utils.authoring.labs", "generate labs/ from solutions/ (--check: verify them)"),
     "calibrate": ("graphlab_utils.authoring.calibrate", "measure the simulator's cost model on a GPU"),
-    "drill": ("graphlab_utils.drill", "interview questions at random, with a score (--timed: a mock interview)"),
+    "drill": ("graphlab_utils.drills.terminal", "interview questions at random, with a score (--timed: a mock interview)"),
     "check": ("graphlab_utils.authoring.grading", "run a lab headless and print which exercises pass"),
 }
 EXIT_PACKAGE_ERROR = 2
