@@ -51,12 +51,11 @@ class _Running:
 def make_requests(n: int, cfg, seed: int = 0, prompt_lens=(2, 12), new_tokens=(3, 10), arrivals=(0, 6)) -> list:
     """``n`` requests with seeded prompts of ``prompt_lens`` tokens (inclusive range), ``new_tokens`` tokens
     to generate and arrival steps in ``arrivals``: the same on every machine (Python's own generator)."""
-    rng = random.Random(seed)
+    shapes, words = random.Random(seed), random.Random(seed + 10_000)  # the traffic's shape does not depend on the vocabulary
     out = []
     for rid in range(n):
-        p = rng.randint(*prompt_lens)
-        out.append(Request(rid, [rng.randrange(cfg.vocab) for _ in range(p)], rng.randint(*new_tokens),
-                           rng.randint(*arrivals)))
+        p, new, arrival = shapes.randint(*prompt_lens), shapes.randint(*new_tokens), shapes.randint(*arrivals)
+        out.append(Request(rid, [words.randrange(cfg.vocab) for _ in range(p)], new, arrival))
     return out
 
 

@@ -221,3 +221,38 @@ def measure_graph_bytes(model, buckets=DEFAULT_BUCKETS, *, freeze_gc: bool = Tru
     gc.collect()
     torch.cuda.empty_cache()
     return used
+
+
+COMPILE_SKIPPED = "torch.compile(mode=\"reduce-overhead\"): skipped on the simulator (it compiles kernels for a real GPU)"
+
+
+def compiled_decode(model, kv, *, static_pool: bool):
+    """The decode step through ``torch.compile(mode="reduce-overhead")`` (PyTorch's CUDA graph trees); a GPU only.
+
+    The step writes the KV pool in place. To CUDA graph trees the pool's tensors are inputs of the
+    compiled step, and an input written in place makes them skip graphing the step ("skipping
+    cudagraphs due to mutated inputs"): every call then runs eagerly, through compiled kernels.
+    ``static_pool=True`` marks the pool's tensors as static addresses
+    (``torch._dynamo.mark_static_address``), as parameters are: their addresses are then part of
+    the recorded graph, and writing them in place is allowed.
+    """
+    if static_pool:
+        torch._dynamo.mark_static_address(kv.k)
+        torch._dynamo.mark_static_address(kv.v)
+
+    def step(tokens, positions, seq_lens, out_slots, table):
+        return model.decode(kv, DecodeBatch(tokens, positions, seq_lens, out_slots, table))
+
+    compiled = torch.compile(step, mode="reduce-overhead")
+
+    def call(batch: DecodeBatch):
+        return compiled(*(getattr(batch, f) for f in DecodeBatch.FIELDS)).clone()
+
+    return call
+
+
+def cudagraph_skips() -> int:
+    """How many times CUDA graph trees declined to graph a compiled function in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
