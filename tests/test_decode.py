@@ -283,3 +283,26 @@ def test_freed_static_inputs_give_wrong_tokens_or_an_error(dec, model, requests,
     except (IndexError, RuntimeError):
         return
     assert differing(reference, out) > 0
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark, on the simulator
+# ---------------------------------------------------------------------------------------
+def test_benchmark_runs_on_the_simulator_and_writes_its_report(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("decode_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--sim-only", "--out", str(tmp_path), "--batches", "1", "2", "--warmup", "1"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["batch"]: r for r in result["rows"]}
+    assert set(rows) == {1, 2}
+    assert all(r["runner"]["tokens_equal"] for r in rows.values())
+    assert rows[1]["runner"]["ms"] < rows[1]["eager"]["ms"] and rows[1]["floor"]["ms"] > 0
+    assert "skipped on the simulator" in rows[1]["reduce_overhead_static"]["skipped"]
+    text = (tmp_path / "results.md").read_text()
+    assert "Command: `python benchmarks/decode.py --sim-only" in text and "modelled" in text
+    assert (tmp_path / "throughput.png").stat().st_size > 0
