@@ -6,7 +6,7 @@ On a machine with an NVIDIA GPU, from the repository root::
     python benchmarks/diffusion.py --sizes 32 64 --out ...            # adds 64x64 latents (more compiling)
     python benchmarks/diffusion.py --sim-only --small --out /tmp/d    # the simulator, small sizes (any machine)
 
-The workload is lesson 09's (``graphlab_utils.models``): a text-conditioned UNet of about 300
+The workload is lesson 09's (``graphlab_utils.capstone``): a text-conditioned UNet of about 300
 aten ops per call (64 channels), DDIM with classifier-free guidance run as one batch of 2B,
 50 steps, 4-channel latents of 32x32 (and 64x64 with ``--sizes``), batch 1 and 4, fixed
 random weights. Variants, measured side by side in one run on the same requests:
@@ -96,31 +96,31 @@ def build_variant(name: str, unet, sched, cfg, batch: int, size: int):
     """A callable ``fn(latents, prompt) -> final latents`` for the variant (compiles / captures now)."""
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
-    g = models.GUIDANCE
+    g = capstone.GUIDANCE
     if name == "eager":
-        return lambda lat, pr: models.sample(unet, sched, lat, pr, g)
+        return lambda lat, pr: capstone.sample(unet, sched, lat, pr, g)
     if name == "graphed_unet":
         graphed = _make_graphed_unet(unet, cfg, batch, size, True)
-        return lambda lat, pr: models.sample(graphed, sched, lat, pr, g)
+        return lambda lat, pr: capstone.sample(graphed, sched, lat, pr, g)
     if name == "step_graph":
-        sg = models.StepGraph(unet, sched, batch, size)
+        sg = capstone.StepGraph(unet, sched, batch, size)
         return lambda lat, pr: sg(lat, pr, g)
     if name == "loop_graph":
-        lg = models.LoopGraph(unet, sched, batch, size)
+        lg = capstone.LoopGraph(unet, sched, batch, size)
         fn = lambda lat, pr: lg(lat, pr, g)  # noqa: E731
         fn.replay = lg.graph.replay  # type: ignore[attr-defined]
         return fn
     if name in COMPILE_VARIANTS:
-        if not models.compile_available():
-            raise _Skipped(models.COMPILE_SKIPPED)
+        if not capstone.compile_available():
+            raise _Skipped(capstone.COMPILE_SKIPPED)
         torch._dynamo.reset()  # a fresh cache per variant: no stale entries, no cache-size limit
         if name == "compile_reduce_overhead":
-            cs = models.CompiledSampler(unet, sched, mode="reduce-overhead")
+            cs = capstone.CompiledSampler(unet, sched, mode="reduce-overhead")
             return lambda lat, pr: cs(lat, pr, g)
-        step = models.compiled_step(unet, sched)  # default mode: fused kernels, no CUDA graphs
-        lg = models.LoopGraph(unet, sched, batch, size, step_fn=step, warmup_iters=2)
+        step = capstone.compiled_step(unet, sched)  # default mode: fused kernels, no CUDA graphs
+        lg = capstone.LoopGraph(unet, sched, batch, size, step_fn=step, warmup_iters=2)
         fn = lambda lat, pr: lg(lat, pr, g)  # noqa: E731
         fn.replay = lg.graph.replay  # type: ignore[attr-defined]
         return fn
@@ -154,10 +154,10 @@ def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, rep
     """
     import torch
 
-    from graphlab_utils import models, timing
+    from graphlab_utils import capstone, timing
 
     param = next(unet.parameters())
-    latents, prompt = models.make_request(SEED, batch, cfg, param.device, param.dtype, size=size)
+    latents, prompt = capstone.make_request(SEED, batch, cfg, param.device, param.dtype, size=size)
     rows, reference, eager_ms = [], None, None
     for name in variants:
         row: dict[str, Any] = {"variant": name, "size": size, "batch": batch}
@@ -184,7 +184,7 @@ def run_case(unet, sched, cfg, size: int, batch: int, variants, warmup: int, rep
                 samples_ms=t.samples_ms,
                 timing=t.label,
                 speedup=(eager_ms / t.median_ms) if eager_ms else None,
-                relative_error=models.relative_error(out, reference) if reference is not None else None,
+                relative_error=capstone.relative_error(out, reference) if reference is not None else None,
                 finite=bool(torch.isfinite(out).all()),
             )
             to_profile.append((row, fn, latents, prompt))
@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     import torch
 
     import graphlab_utils as gl
-    from graphlab_utils import models, timing
+    from graphlab_utils import capstone, timing
 
     session = gl.setup(backend="sim" if a.sim_only else None)
     if session.is_real:
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = a.tf32
         torch.backends.cudnn.benchmark = a.cudnn_benchmark
     dtype = getattr(torch, a.dtype)
-    base = models.SIM_CONFIG if a.small else models.GPU_CONFIG
+    base = capstone.SIM_CONFIG if a.small else capstone.GPU_CONFIG
     steps = a.steps or base.steps
     sizes = a.sizes or [base.size]
     batches = a.batches or ([1, 2] if a.small else [1, 4])
@@ -411,16 +411,16 @@ def main(argv=None) -> int:
     cfg0 = dataclasses.replace(base, steps=steps)
     if a.channels:
         cfg0 = dataclasses.replace(cfg0, channels=a.channels, context_dim=a.channels)
-    probe = models.build_unet(cfg0, session.device, dtype)
-    x, pr = models.make_request(SEED, 1, cfg0, session.device, dtype)
-    ops = sum(models.count_ops(probe, torch.cat([x, x]), torch.full((2,), 500.0, device=session.device, dtype=dtype),
-                               models.guidance_context(pr)).values())
+    probe = capstone.build_unet(cfg0, session.device, dtype)
+    x, pr = capstone.make_request(SEED, 1, cfg0, session.device, dtype)
+    ops = sum(capstone.count_ops(probe, torch.cat([x, x]), torch.full((2,), 500.0, device=session.device, dtype=dtype),
+                               capstone.guidance_context(pr)).values())
     del probe
     meta = {
         "date": date, "device": device, "backend": session.backend, "torch": torch.__version__,
         "cuda": torch.version.cuda if session.is_real else None, "python": platform.python_version(),
         "timing": timing.label(), "channels": cfg0.channels, "steps": steps, "sizes": sizes, "batches": batches,
-        "guidance": models.GUIDANCE, "repeats": repeats, "warmup": a.warmup, "tf32": bool(a.tf32 and session.is_real), "dtype": a.dtype,
+        "guidance": capstone.GUIDANCE, "repeats": repeats, "warmup": a.warmup, "tf32": bool(a.tf32 and session.is_real), "dtype": a.dtype,
         "cudnn_benchmark": bool(a.cudnn_benchmark and session.is_real),
         "ops_per_unet_call": ops, "variants": variants,
     }
@@ -430,8 +430,8 @@ def main(argv=None) -> int:
     rows, to_profile = [], []
     for size in sizes:
         cfg = dataclasses.replace(cfg0, size=size)
-        unet = models.build_unet(cfg, session.device, dtype)
-        sched = models.DDIMSchedule(steps, session.device)
+        unet = capstone.build_unet(cfg, session.device, dtype)
+        sched = capstone.DDIMSchedule(steps, session.device)
         for batch in batches:
             _log(f"latents {size}x{size}, batch {batch}")
             rows += run_case(unet, sched, cfg, size, batch, variants, a.warmup, repeats, _log, to_profile)

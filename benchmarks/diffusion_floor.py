@@ -60,30 +60,27 @@ def _kernels(fn) -> list:
 def measure(name: str, steps: int, size: int, top: int) -> dict:
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone, recipes
 
     channels, dtype_name, tf32, autotune = SETTINGS[name]
     dtype = getattr(torch, dtype_name)
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = autotune
-    cfg = dataclasses.replace(models.GPU_CONFIG, channels=channels, context_dim=channels, size=size, steps=steps)
-    unet = models.build_unet(cfg, "cuda", dtype)
-    sched = models.DDIMSchedule(steps, "cuda")
-    latents, prompt = models.make_request(0, 1, cfg, "cuda", dtype)
-    st = models.StaticBuffers.for_model(unet, 1, size, True)
+    cfg = dataclasses.replace(capstone.GPU_CONFIG, channels=channels, context_dim=channels, size=size, steps=steps)
+    unet = capstone.build_unet(cfg, "cuda", dtype)
+    sched = capstone.DDIMSchedule(steps, "cuda")
+    latents, prompt = capstone.make_request(0, 1, cfg, "cuda", dtype)
+    st = capstone.StaticBuffers.for_model(unet, 1, size, True)
     st.load(latents, prompt)
     st.step.fill_(steps // 2)
 
     def step():
-        return models.denoise_step(unet, sched, st.x, st.step, st.context, st.scale)
+        return capstone.denoise_step(unet, sched, st.x, st.step, st.context, st.scale)
 
     with torch.no_grad():
         eager_ms = _median_ms(step)
-        models.side_stream_warm_up(step)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = step()
+        graph, out = recipes.capture(step, warmup=2)
         graph_ms = _median_ms(graph.replay)
         eager_out = step()
         graph.replay()

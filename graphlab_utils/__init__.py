@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 # `gl.timing`, `gl.cudart`, ... work after a bare `import graphlab_utils as gl`, imported on first use.
 _SUBMODULES = {
-    "checks", "conformance", "costmodel", "cudart", "drill", "graphinfo", "isolation", "katas",
-    "models", "profiling", "quiz", "quiz_proofs", "simulator", "timing", "viz", "workloads",
+    "checks", "conformance", "costmodel", "cudart", "drill", "graphinfo", "isolation", "drills",
+    "capstone", "profiling", "quiz", "quiz_proofs", "simulator", "timing", "viz", "workloads",
 }
 
 

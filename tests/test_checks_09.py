@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import graphlab_utils
+from graphlab_utils import recipes
 
 
 pytestmark = pytest.mark.usefixtures("sim")
@@ -38,9 +39,9 @@ def assert_hint(result, *words):
 
 
 def _capture(fn, pool=None):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
-    models.side_stream_warm_up(fn)
+    recipes.warm_up(fn, 2)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         out = fn()
@@ -51,9 +52,9 @@ def _capture(fn, pool=None):
 # Exercise 1: capture one step
 # ---------------------------------------------------------------------------------------
 def capture_step(unet, sched, static, pool=None):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
-    return _capture(lambda: models.denoise_step(unet, sched, static.x, static.step, static.context, static.scale), pool)
+    return _capture(lambda: capstone.denoise_step(unet, sched, static.x, static.step, static.context, static.scale), pool)
 
 
 def capture_step_by_hand(unet, sched, static, pool=None):
@@ -86,35 +87,35 @@ def capture_step_by_hand(unet, sched, static, pool=None):
 
 
 def capture_step_baked_timestep(unet, sched, static, pool=None):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     scale = None if static.scale is None else float(static.scale)
-    return _capture(lambda: models.denoise_step_baked(unet, sched, static.x, 0, static.context, scale), pool)
+    return _capture(lambda: capstone.denoise_step_baked(unet, sched, static.x, 0, static.context, scale), pool)
 
 
 def capture_step_baked_scale(unet, sched, static, pool=None):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     scale = None if static.scale is None else 7.5
-    return _capture(lambda: models.denoise_step(unet, sched, static.x, static.step, static.context, scale), pool)
+    return _capture(lambda: capstone.denoise_step(unet, sched, static.x, static.step, static.context, scale), pool)
 
 
 def capture_step_on_temporaries(unet, sched, static, pool=None):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     x = torch.randn(static.x.shape)
     ctx = torch.randn(static.context.shape)
     keep = (x, ctx)
-    graph, out = _capture(lambda: models.denoise_step(unet, sched, keep[0], static.step, keep[1], static.scale), pool)
+    graph, out = _capture(lambda: capstone.denoise_step(unet, sched, keep[0], static.step, keep[1], static.scale), pool)
     graph.keep = keep
     return graph, out
 
 
 def capture_step_eager_output(unet, sched, static, pool=None):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     graph, _ = capture_step(unet, sched, static, pool)
-    return graph, models.denoise_step(unet, sched, static.x, static.step, static.context, static.scale)
+    return graph, capstone.denoise_step(unet, sched, static.x, static.step, static.context, static.scale)
 
 
 def capture_step_only_graph(unet, sched, static, pool=None):
@@ -165,13 +166,13 @@ def sample_with_graph(graph, out, static, sched, latents, prompt, guidance=7.5):
 
 def sample_with_graph_by_hand(graph, out, static, sched, latents, prompt, guidance=7.5):
     """Correct, written differently: copy_ by hand, the step index from the schedule's tensors."""
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     static.x.copy_(latents)
     if guidance is None:
         static.context.copy_(prompt)
     else:
-        static.context.copy_(models.guidance_context(prompt))
+        static.context.copy_(capstone.guidance_context(prompt))
         static.scale.copy_(torch.tensor([guidance]))
     result = None
     for i in range(sched.steps):
@@ -249,30 +250,30 @@ class Runner:
     """The reference: refuse beyond max_graphs, largest signatures first, one shared pool."""
 
     def __init__(self, unet, sched, signatures, max_graphs=4):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
         self.unet, self.sched = unet, sched
         self.graphs, self.misses = {}, 0
         self.pool = torch.cuda.graph_pool_handle()
         order = sorted(signatures, key=lambda s: s.batch * s.size ** 2 * (2 if s.guidance else 1), reverse=True)
         for sig in order[:max_graphs]:
-            static = models.StaticBuffers.for_model(unet, sig.batch, sig.size, sig.guidance)
+            static = capstone.StaticBuffers.for_model(unet, sig.batch, sig.size, sig.guidance)
             graph, out = capture_step(unet, sched, static, self.pool)
-            self.graphs[models.Signature(*sig)] = (graph, out, static)
+            self.graphs[capstone.Signature(*sig)] = (graph, out, static)
 
     def __call__(self, latents, prompt, guidance=7.5):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
-        sig = models.signature_of(latents, guidance)
+        sig = capstone.signature_of(latents, guidance)
         if sig not in self.graphs:
             self.misses += 1
-            return models.sample(self.unet, self.sched, latents, prompt, guidance)
+            return capstone.sample(self.unet, self.sched, latents, prompt, guidance)
         graph, out, static = self.graphs[sig]
         return sample_with_graph(graph, out, static, self.sched, latents, prompt, guidance)
 
 
 class LruRunner:
-    """Correct, written differently: models.StepGraph, an LRU cache that captures on a miss (after serving it)."""
+    """Correct, written differently: capstone.StepGraph, an LRU cache that captures on a miss (after serving it)."""
 
     def __init__(self, unet, sched, signatures, max_graphs=4):
         self.unet, self.sched, self.max_graphs = unet, sched, max_graphs
@@ -282,22 +283,22 @@ class LruRunner:
             self._capture(sig)
 
     def _capture(self, sig):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
         if len(self.graphs) >= self.max_graphs:
             _, old = self.graphs.popitem(last=False)
             old.graph.reset()
-        self.graphs[tuple(sig)] = models.StepGraph(self.unet, self.sched, sig[0], sig[1], sig[2])
+        self.graphs[tuple(sig)] = capstone.StepGraph(self.unet, self.sched, sig[0], sig[1], sig[2])
 
     def __call__(self, latents, prompt, guidance=7.5):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
-        sig = models.signature_of(latents, guidance)
+        sig = capstone.signature_of(latents, guidance)
         if sig in self.graphs:
             self.graphs.move_to_end(sig)
             return self.graphs[sig](latents, prompt, guidance)
         self.misses += 1
-        result = models.sample(self.unet, self.sched, latents, prompt, guidance)
+        result = capstone.sample(self.unet, self.sched, latents, prompt, guidance)
         if sig.size == self.unet.config.size:  # only the sizes it expects; others stay misses
             self._capture(sig)
         return result
@@ -307,9 +308,9 @@ class EagerRunner(Runner):
     """Wrong: captures, but serves every request eagerly."""
 
     def __call__(self, latents, prompt, guidance=7.5):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
-        return models.sample(self.unet, self.sched, latents, prompt, guidance)
+        return capstone.sample(self.unet, self.sched, latents, prompt, guidance)
 
 
 class UncountedRunner(Runner):
@@ -329,35 +330,35 @@ class UnboundedRunner(Runner):
 
 class NoCloneRunner(Runner):
     def __call__(self, latents, prompt, guidance=7.5):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
-        sig = models.signature_of(latents, guidance)
+        sig = capstone.signature_of(latents, guidance)
         if sig not in self.graphs:
             self.misses += 1
-            return models.sample(self.unet, self.sched, latents, prompt, guidance)
+            return capstone.sample(self.unet, self.sched, latents, prompt, guidance)
         graph, out, static = self.graphs[sig]
         return sample_without_clone(graph, out, static, self.sched, latents, prompt, guidance)
 
 
 class BakedRunner(Runner):
     def __init__(self, unet, sched, signatures, max_graphs=4):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
         self.unet, self.sched = unet, sched
         self.graphs, self.misses = {}, 0
         for sig in list(signatures)[:max_graphs]:
-            static = models.StaticBuffers.for_model(unet, sig.batch, sig.size, sig.guidance)
-            self.graphs[models.Signature(*sig)] = (*capture_step_baked_timestep(unet, sched, static), static)
+            static = capstone.StaticBuffers.for_model(unet, sig.batch, sig.size, sig.guidance)
+            self.graphs[capstone.Signature(*sig)] = (*capture_step_baked_timestep(unet, sched, static), static)
 
 
 class SlowRunner(Runner):
     """Wrong for the timing check: captures a new graph for every request."""
 
     def __call__(self, latents, prompt, guidance=7.5):
-        from graphlab_utils import models
+        from graphlab_utils import capstone
 
-        sig = models.signature_of(latents, guidance)
-        static = models.StaticBuffers.for_model(self.unet, sig.batch, sig.size, sig.guidance)
+        sig = capstone.signature_of(latents, guidance)
+        static = capstone.StaticBuffers.for_model(self.unet, sig.batch, sig.size, sig.guidance)
         graph, out = capture_step(self.unet, self.sched, static)
         return sample_with_graph(graph, out, static, self.sched, latents, prompt, guidance)
 

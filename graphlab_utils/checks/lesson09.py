@@ -1,12 +1,12 @@
 """Checks of lab 09, the capstone: a diffusion graph runner, built piece by piece.
 
-The lab runs the lesson's UNet and DDIM sampler (``graphlab_utils.models``) at a small size,
+The lab runs the lesson's UNet and DDIM sampler (``graphlab_utils.capstone``) at a small size,
 :data:`LAB_CONFIG` (16 channels, 8x8 latents, 4 steps), the same on both backends;
 :func:`lab_model` builds it. The learner writes:
 
 * ``capture_step(unet, sched, static, pool=None) -> (graph, out)``, checked by
-  :func:`check_capture_step`: one denoising step (``models.denoise_step``) captured on the
-  buffers of a ``models.StaticBuffers`` (``static.x``, ``.context``, ``.step``, ``.scale``),
+  :func:`check_capture_step`: one denoising step (``capstone.denoise_step``) captured on the
+  buffers of a ``capstone.StaticBuffers`` (``static.x``, ``.context``, ``.step``, ``.scale``),
   the step's number and guidance scale read from them at replay time. The check loads
   requests, sets the step index, replays, and compares ``out`` with eager steps at several
   step indices, guided and unguided.
@@ -15,7 +15,7 @@ The lab runs the lesson's UNet and DDIM sampler (``graphlab_utils.models``) at a
   check captures it): copy the request in, then per step set the index, replay, copy the
   latents back; return a result the caller may keep.
 * ``Runner(unet, sched, signatures, max_graphs)``, checked by :func:`check_runner`: graphs
-  captured at construction for the given ``models.Signature`` s (at most ``max_graphs``),
+  captured at construction for the given ``capstone.Signature`` s (at most ``max_graphs``),
   ``runner(latents, prompt, guidance)`` replaying on a hit and sampling eagerly on a miss,
   ``runner.misses`` counting misses, ``runner.graphs`` holding the graphs by signature.
   :func:`check_runner_speed` times a hit against eager sampling, side by side (modelled on
@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import math
 
-from ._core import check, fail, ok
-from ._core import device as _device
+from graphlab_utils.recipes import plural, warm_up
+
+from .core import check, fail, ok
+from .core import device as _device
 
 __all__ = [
     "LAB_CONFIG",
@@ -50,9 +52,9 @@ MIN_SPEEDUP = 2.0  # a runner's hit vs eager sampling (the lesson's runner: abou
 
 
 def _lab_config():
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
-    return models.UNetConfig(channels=16, context_dim=16, context_len=4, size=8, steps=4, heads=2, name="lab")
+    return capstone.UNetConfig(channels=16, context_dim=16, context_len=4, size=8, steps=4, heads=2, name="lab")
 
 
 def __getattr__(name):  # LAB_CONFIG, built on first use: importing this module does not import torch
@@ -66,11 +68,11 @@ def __getattr__(name):  # LAB_CONFIG, built on first use: importing this module 
 # ---------------------------------------------------------------------------------------
 def lab_model(device=None):
     """``(unet, sched)`` at :data:`LAB_CONFIG`: the lesson's UNet (fixed weights) and DDIM schedule."""
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     device = _device() if device is None else device
     cfg = _lab_config()
-    return models.build_unet(cfg, device), models.DDIMSchedule(cfg.steps, device)
+    return capstone.build_unet(cfg, device), capstone.DDIMSchedule(cfg.steps, device)
 
 
 def _probe(unet):
@@ -93,20 +95,20 @@ def _probe(unet):
 
 
 def _request(seed: int, batch: int = 1, size: int | None = None):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
-    return models.make_request(seed, batch, _lab_config(), _device(), size=size)
+    return capstone.make_request(seed, batch, _lab_config(), _device(), size=size)
 
 
 def _rel(a, b) -> float:
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         return math.inf
     torch.cuda.synchronize()
-    return models.relative_error(a, b)
+    return capstone.relative_error(a, b)
 
 
 def _close(a, b) -> bool:
@@ -120,42 +122,33 @@ def _scale(guidance):
 
 
 def _context(prompt, guidance):
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
-    return models.guidance_context(prompt) if guidance is not None else prompt
+    return capstone.guidance_context(prompt) if guidance is not None else prompt
 
 
 def _eager_step(unet, sched, latents, prompt, guidance, i):
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     with torch.no_grad():
-        return models.denoise_step(unet, sched, latents, sched.step_tensors[i], _context(prompt, guidance), _scale(guidance))
+        return capstone.denoise_step(unet, sched, latents, sched.step_tensors[i], _context(prompt, guidance), _scale(guidance))
 
 
 def _eager_sample(unet, sched, latents, prompt, guidance, step_of=None):
     """Eager sampling; ``step_of(i)`` picks the step index used at step ``i`` (a trap's schedule)."""
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     ctx, g = _context(prompt, guidance), _scale(guidance)
     x = latents
     with torch.no_grad():
         for i in range(sched.steps):
             j = i if step_of is None else step_of(i)
-            x = models.denoise_step(unet, sched, x, sched.step_tensors[j], ctx, g)
+            x = capstone.denoise_step(unet, sched, x, sched.step_tensors[j], ctx, g)
     return x
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 # -- hints --------------------------------------------------------------------------------
@@ -163,7 +156,7 @@ _TIMESTEP_IDEA = (
     "your graph reuses the timestep from warm-up: feed it through a static tensor. A Python "
     "number (a timestep, a coefficient, sched.timesteps_host[i], float(...)) becomes a kernel "
     "argument at capture and never changes; read the step from static.step (for example "
-    "models.denoise_step(unet, sched, static.x, static.step, static.context, static.scale))"
+    "capstone.denoise_step(unet, sched, static.x, static.step, static.context, static.scale))"
 )
 _SCALE_IDEA = (
     "your graph reuses the guidance scale from warm-up: feed it through a static tensor. Use "
@@ -200,12 +193,12 @@ _CLONE_IDEA = (
 def _capture_reference(unet, sched, static):
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     def step():
-        return models.denoise_step(unet, sched, static.x, static.step, static.context, static.scale)
+        return capstone.denoise_step(unet, sched, static.x, static.step, static.context, static.scale)
 
-    models.side_stream_warm_up(step)
+    warm_up(step, 2)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = step()
@@ -235,7 +228,7 @@ def _unpack_capture(result, static):
 @check("capture one step on static buffers")
 def check_capture_step(capture_step):
     """``capture_step(unet, sched, static)`` -> ``(graph, out)``; replayed at several steps and requests."""
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     unet, sched = lab_model()
     steps = (0, 2, sched.steps - 1)
@@ -244,7 +237,7 @@ def check_capture_step(capture_step):
         (2, False, ((3, None), (4, None))),
     )
     for batch, guided, requests in cases:
-        static = models.StaticBuffers.for_model(unet, batch=batch, guidance=guided)
+        static = capstone.StaticBuffers.for_model(unet, batch=batch, guidance=guided)
         graph, out = _unpack_capture(capture_step(unet, sched, static), static)
         kind = f"batch {batch}, {'guided' if guided else 'unguided'}"
         got, want = {}, {}
@@ -271,14 +264,14 @@ def check_capture_step(capture_step):
             fail("a different result for each request (the eager steps differ)",
                  f"{kind}: requests {requests[0][0]} and {requests[1][0]} give the same result after static.load(...)",
                  _STALE_IDEA)
-        if guidance is not None and guidance != models.GUIDANCE:
+        if guidance is not None and guidance != capstone.GUIDANCE:
             latents, prompt = _request(seed, batch)
-            if _close(got[r, k], _eager_step(unet, sched, latents, prompt, models.GUIDANCE, k)):
+            if _close(got[r, k], _eager_step(unet, sched, latents, prompt, capstone.GUIDANCE, k)):
                 fail("the request's guidance scale",
-                     seen + f"; it equals the step with the warm-up's scale {models.GUIDANCE}", _SCALE_IDEA)
+                     seen + f"; it equals the step with the warm-up's scale {capstone.GUIDANCE}", _SCALE_IDEA)
         fail("the eager step's result after static.load(...), static.step.fill_(k) and graph.replay()",
              seen,
-             "capture models.denoise_step(unet, sched, static.x, static.step, static.context, static.scale) "
+             "capture capstone.denoise_step(unet, sched, static.x, static.step, static.context, static.scale) "
              "once, reading only the static buffers, and return what it returns")
 
 
@@ -301,7 +294,7 @@ class _CountingGraph:
 
 def _diagnose_sample(unet, sched, got, latents, prompt, guidance, kind, earlier=()):
     """fail() with the most specific hint for a sampled result that differs from eager; else eager's result."""
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     want = _eager_sample(unet, sched, latents, prompt, guidance)
     if _close(got, want):
@@ -311,9 +304,9 @@ def _diagnose_sample(unet, sched, got, latents, prompt, guidance, kind, earlier=
         fail("eager sampling's final latents", seen + "; it equals step 0 repeated at every step", _FILL_IDEA)
     if any(_close(got, prev) for prev in earlier):
         fail("a result for this request", seen + "; it equals the result of an earlier request", _STALE_IDEA)
-    if guidance is not None and guidance != models.GUIDANCE and _close(
-            got, _eager_sample(unet, sched, latents, prompt, models.GUIDANCE)):
-        fail("the request's guidance scale", seen + f"; it equals sampling with the warm-up's scale {models.GUIDANCE}",
+    if guidance is not None and guidance != capstone.GUIDANCE and _close(
+            got, _eager_sample(unet, sched, latents, prompt, capstone.GUIDANCE)):
+        fail("the request's guidance scale", seen + f"; it equals sampling with the warm-up's scale {capstone.GUIDANCE}",
              _SCALE_IDEA)
     if _close(got, _eager_step(unet, sched, latents, prompt, guidance, sched.steps - 1)):
         fail("eager sampling's final latents", seen + "; it equals the last step applied once to the initial noise",
@@ -328,11 +321,11 @@ def check_sample_with_graph(sample_with_graph):
     """``sample_with_graph(graph, out, static, sched, latents, prompt, guidance)`` -> final latents."""
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
     unet, sched = lab_model()
     for batch, guided, requests in ((1, True, ((5, 7.5), (6, 4.0))), (2, False, ((7, None),))):
-        static = models.StaticBuffers.for_model(unet, batch=batch, guidance=guided)
+        static = capstone.StaticBuffers.for_model(unet, batch=batch, guidance=guided)
         graph, out = _capture_reference(unet, sched, static)
         counting = _CountingGraph(graph)
         kept = []
@@ -352,7 +345,7 @@ def check_sample_with_graph(sample_with_graph):
                _STALE_IDEA + ". " + _LOAD_IDEA)
             ok(replays == sched.steps,
                f"one replay per step: {sched.steps} replays for {sched.steps} steps",
-               _plural(replays, "replay"),
+               plural(replays, "replay"),
                "replay the step graph once per denoising step, with that step's index in static.step")
             want = _diagnose_sample(unet, sched, got, latents, prompt, guidance, kind, [c for _, c, _ in kept])
             kept.append((got, got.clone(), want))
@@ -369,15 +362,15 @@ def check_sample_with_graph(sample_with_graph):
 def _sigs(*specs):
     import torch
 
-    from graphlab_utils import models
+    from graphlab_utils import capstone
 
-    return [models.Signature(b, s, g, torch.float32) for b, s, g in specs]
+    return [capstone.Signature(b, s, g, torch.float32) for b, s, g in specs]
 
 
 def _graph_count(runner) -> int:
     graphs = getattr(runner, "graphs", None)
     ok(graphs is not None and hasattr(graphs, "__len__"),
-       "runner.graphs: the captured graphs, one per signature (a dict keyed by models.Signature)",
+       "runner.graphs: the captured graphs, one per signature (a dict keyed by capstone.Signature)",
        "no runner.graphs" if graphs is None else f"runner.graphs is a {type(graphs).__name__}",
        "keep the graphs in a dict (or an OrderedDict) attribute named graphs, keyed by signature")
     return len(graphs)
@@ -409,11 +402,11 @@ def _serve(runner, probe, unet, sched, seed, batch, size, guidance, expect, kept
         ok(new_misses == 0,
            f"{kind}: a hit (its signature was captured at warm-up), runner.misses unchanged",
            f"runner.misses grew by {new_misses}",
-           "look the graph up by the request's signature, models.signature_of(latents, guidance): "
+           "look the graph up by the request's signature, capstone.signature_of(latents, guidance): "
            "batch, size, guidance on/off and dtype, exactly as at warm-up")
         ok(new_calls == 0,
            f"{kind}: served by replaying the graph, without running the UNet eagerly",
-           f"the UNet ran eagerly {_plural(new_calls, 'time')}",
+           f"the UNet ran eagerly {plural(new_calls, 'time')}",
            "on a hit, copy the request into that graph's static buffers and replay; do not call the model")
     elif expect == "miss":
         ok(new_misses == 1,
@@ -424,7 +417,7 @@ def _serve(runner, probe, unet, sched, seed, batch, size, guidance, expect, kept
     else:  # a hit or a miss, depending on the runner's policy: the counter must tell which
         ok(new_misses == (1 if new_calls else 0),
            f"{kind}: runner.misses grows by 1 when the request runs the UNet eagerly, else stays",
-           f"runner.misses grew by {new_misses}; the UNet ran eagerly {_plural(new_calls, 'time')}",
+           f"runner.misses grew by {new_misses}; the UNet ran eagerly {plural(new_calls, 'time')}",
            "a request served by a graph is a hit; one served eagerly is a miss, and is counted")
     want = _diagnose_sample(unet, sched, got, latents, prompt, guidance, kind, [c for _, c, _ in kept])
     kept.append((got, got.clone(), want))
@@ -441,7 +434,7 @@ def check_runner(Runner):
     n = _graph_count(runner)
     ok(n == 3,
        "3 graphs after warm-up: one per signature given (max_graphs=3)",
-       _plural(n, "graph"),
+       plural(n, "graph"),
        "capture one graph per signature in __init__, before any request arrives")
     ok(_misses(runner) == 0, "runner.misses == 0 before any request", f"runner.misses == {runner.misses}",
        "start the miss counter at 0")
@@ -464,7 +457,7 @@ def check_runner(Runner):
     n = _graph_count(bounded)
     ok(n <= 2,
        "at most max_graphs=2 graphs held after warm-up with 4 signatures",
-       _plural(n, "graph"),
+       plural(n, "graph"),
        "bound the cache: stop capturing at max_graphs (refuse), or drop the least recently used "
        "graph (graph.reset()) before capturing another; each graph holds memory")
     kept = []
@@ -475,7 +468,7 @@ def check_runner(Runner):
                          f"bounded runner, request {seed} (batch {batch})", [c for _, c, _ in kept])
         kept.append((got, got.clone(), None))
         n = _graph_count(bounded)
-        ok(n <= 2, "at most max_graphs=2 graphs held at any time", f"{_plural(n, 'graph')} after request {seed}",
+        ok(n <= 2, "at most max_graphs=2 graphs held at any time", f"{plural(n, 'graph')} after request {seed}",
            "never hold more graphs than max_graphs: refuse new ones or evict the least recently used")
     ok(_misses(bounded) >= 2,
        "at least 2 misses among requests of 4 signatures served by 2 graphs",
@@ -486,7 +479,7 @@ def check_runner(Runner):
 @check("a runner hit is faster than eager sampling")
 def check_runner_speed(Runner):
     """A hit of the learner's runner against eager sampling, side by side (modelled on the simulator)."""
-    from graphlab_utils import models, simulator, timing
+    from graphlab_utils import capstone, simulator, timing
 
     unet, sched = lab_model()
     runner = Runner(unet, sched, _sigs((1, _lab_config().size, True)), max_graphs=1)
@@ -498,7 +491,7 @@ def check_runner_speed(Runner):
        "make check_runner pass first")
     repeat = 1 if simulator.is_installed() else 5
     t_runner = timing.measure(lambda: runner(latents, prompt, 7.5), warmup=1, repeat=repeat)
-    t_eager = timing.measure(lambda: models.sample(unet, sched, latents, prompt, 7.5), warmup=1, repeat=repeat)
+    t_eager = timing.measure(lambda: capstone.sample(unet, sched, latents, prompt, 7.5), warmup=1, repeat=repeat)
     speedup = timing.speedup(t_eager, t_runner)
     where = "modelled on the simulator" if t_runner.modelled else "measured with CUDA events"
     ok(speedup >= MIN_SPEEDUP,

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphlab_utils import backend, recipes
+
 __all__ = [
     "UNetConfig",
     "GPU_CONFIG",
@@ -63,7 +65,6 @@ __all__ = [
     "guidance_context",
     "sample",
     "sample_baked",
-    "side_stream_warm_up",
     "StaticBuffers",
     "StepGraph",
     "LoopGraph",
@@ -450,16 +451,6 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------
 # Graphed samplers
 # ---------------------------------------------------------------------------------------
-def side_stream_warm_up(fn, iters: int = 2) -> None:
-    """PyTorch's recipe before a capture: run ``fn`` a few times on a side stream."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(iters):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-
-
 class StaticBuffers:
     """The static buffers a graph of the sampler reads, allocated once and filled with dummies.
 
@@ -513,7 +504,7 @@ class StepGraph:
             return denoise_step(unet, sched, st.x, st.step, st.context, st.scale)
 
         with torch.no_grad():
-            side_stream_warm_up(step, warmup_iters)
+            recipes.warm_up(step, warmup_iters)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, pool=pool):
                 self.out = step()
@@ -551,7 +542,7 @@ class LoopGraph:
             return x
 
         with torch.no_grad():
-            side_stream_warm_up(loop, warmup_iters)
+            recipes.warm_up(loop, warmup_iters)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, pool=pool):
                 self.out = loop()
@@ -570,9 +561,7 @@ COMPILE_SKIPPED = "torch.compile variants: skipped on the simulator (they compil
 
 def compile_available() -> bool:
     """True on a real GPU; False on the simulator (torch.compile does not trace through its dispatch mode)."""
-    from graphlab_utils import simulator
-
-    return not simulator.is_installed() and torch.cuda.is_available()
+    return not backend.is_simulated() and torch.cuda.is_available()
 
 
 def compiled_step(unet, sched: DDIMSchedule, mode: str | None = None):
@@ -636,20 +625,8 @@ def count_ops(fn, *args) -> dict:
     """The aten ops one call of ``fn(*args)`` dispatches, views excluded: {op name: count}.
 
     Views and reshapes are metadata only; every other op is (about) one kernel launch on a GPU.
-    Runs the call eagerly; use it outside a capture.
+    Runs the call eagerly; use it outside a capture. (The counting is :func:`graphlab_utils.watch.count_ops`.)
     """
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from graphlab_utils import watch
 
-    counts: dict = {}
-
-    class _Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, a=(), kw=None):
-            is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
-            if not is_view:
-                name = str(func.overloadpacket.__name__)
-                counts[name] = counts.get(name, 0) + 1
-            return func(*a, **(kw or {}))
-
-    with torch.no_grad(), _Count():
-        fn(*args)
-    return counts
+    return watch.count_ops(fn, *args)
