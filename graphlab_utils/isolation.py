@@ -81,7 +81,14 @@ class ChildTimeout(IsolationError, TimeoutError):
 
 
 class NotTransferable(IsolationError):
-    """The function, its arguments or its value cannot travel between the two processes."""
+    """The function, its arguments or its value cannot travel between the two processes.
+
+    ``reason`` is the error that stopped it, as ``'Type: first line'``.
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 class RemoteError(IsolationError):
@@ -137,7 +144,7 @@ def _call(fn, args, kwargs, *, timeout: float, write: Callable[[str], Any], labe
     except Exception as exc:  # noqa: BLE001 - pickling fails in many ways
         raise NotTransferable(
             f"{label} cannot be sent to a fresh process ({error_line(exc)}): pass it tensors, numbers, "
-            "strings and functions, and create anything else inside the function"
+            "strings and functions, and create anything else inside the function", error_line(exc)
         ) from None
 
     ctx = multiprocessing.get_context("spawn")
@@ -207,7 +214,7 @@ def _settle(outcome: tuple, label: str, timeout: float, exitcode, last_error: st
 
             raise NotTransferable(
                 f"{label} returned a value this process cannot rebuild ({error_line(exc)}): return "
-                "tensors, numbers, strings or containers of them"
+                "tensors, numbers, strings or containers of them", error_line(exc)
             ) from None
     if kind == "raised":
         raise _unpack(body)
@@ -224,12 +231,12 @@ def _settle(outcome: tuple, label: str, timeout: float, exitcode, last_error: st
     if kind == "unloadable":
         raise NotTransferable(
             f"{label} could not be rebuilt in the fresh process ({body}): define what it uses in the "
-            "notebook, or in a module that a new Python process can import"
+            "notebook, or in a module that a new Python process can import", body
         )
     if kind == "unsendable":
         raise NotTransferable(
             f"{label} returned {body}, which cannot be sent back from its fresh process: return "
-            "tensors, numbers, strings or containers of them"
+            "tensors, numbers, strings or containers of them", f"it returned {body}"
         )
     if exitcode is not None and exitcode < 0:
         try:

@@ -1,11 +1,15 @@
 """Lab 02's checks: each passes for the reference and for another correct answer, and fails
 with a hint for wrong ones; viz.draw_dag draws a small structure.
 
-The answers are module-level functions, as a learner writes them in a notebook cell: the
-checks send their source to a child process to try the capture there first.
+Every check runs the answer in a fresh process (graphlab_utils.isolation.run_function).
+Module-level answers travel there by reference (the fresh process imports this module);
+lambdas and closures travel by value with what they use, as a notebook's functions do.
 """
 
 from __future__ import annotations
+
+import os
+import threading
 
 import pytest
 import torch
@@ -270,42 +274,59 @@ def test_monitored_step_hints():
 
 
 # ---------------------------------------------------------------------------------------
-# Sending functions to the child process
+# The fresh process
 # ---------------------------------------------------------------------------------------
-def test_child_code_ships_helpers_and_refuses_tensors():
-    code = L._child_code("parallel_block", block_with_events)
-    assert "def branch_b" in code and "def block_with_events" in code
-    assert "import torch.nn.functional as F" in code and "GATE_SCALE = 1.0" in code
-    global _a_tensor
-    _a_tensor = torch.ones(2)
+def test_a_lambda_and_a_closure_are_checked_in_a_fresh_process(capsys):
+    calls_here = []
 
-    def reads_tensor(x, w1, w2, side):
-        return x + _a_tensor.sum()
+    def closure_probs(logits, temperature):
+        calls_here.append(os.getpid())  # appends to the copy of the list that travelled with it
+        print("closure ran in", os.getpid())
+        return torch.softmax(logits / temperature, dim=-1)
 
-    with pytest.raises(L._NotShippable):
-        L._child_code("parallel_block", reads_tensor)  # a closure-free function reading a tensor
+    lambda_probs = lambda logits, temperature: (  # noqa: E731
+        print("lambda ran in", os.getpid()) or torch.softmax(logits / temperature, dim=-1))
+
+    assert passes(L.check_sampling_probs(closure_probs, quiet=True))
+    assert passes(L.check_sampling_probs(lambda_probs, quiet=True))
+    assert calls_here == []  # never called in this process
+    printed = [line.split(" ran in ") for line in capsys.readouterr().out.splitlines()]
+    assert {who for who, _ in printed} == {"closure", "lambda"}
+    pids = {who: {int(pid) for w, pid in printed if w == who} for who in ("closure", "lambda")}
+    assert all(len(p) == 1 and os.getpid() not in p for p in pids.values())  # one other process each
+    assert pids["closure"] != pids["lambda"]  # and a new one per check
 
 
 _SIDE_SCALE = None
 
 
-def block_unjoined_unshippable(x, w1, w2, side):
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        b = torch.sigmoid(x @ w2) * _SIDE_SCALE  # reads a tensor global: checked in-process
-    return x + torch.relu(x @ w1) * b
-
-
-def test_unshippable_answer_is_checked_in_process_with_a_restart_hint():
+def test_a_failing_capture_of_a_closure_stays_in_its_fresh_process():
     from graphlab_utils.simulator import graphs as sim_graphs
 
     global _SIDE_SCALE
-    _SIDE_SCALE = torch.ones(1)
-    try:
-        result = L.check_parallel_block(block_unjoined_unshippable, quiet=True)
-        assert fails_with(result, "cudaErrorStreamCaptureUnjoined", "wait_stream(side)", "restart the kernel")
-    finally:
-        sim_graphs._rng["poisoned"] = False  # the failed capture poisoned this process's RNG, as on a GPU
+    _SIDE_SCALE = torch.ones(1)  # a notebook global: it travels with the function that reads it
+
+    def unjoined(x, w1, w2, side):
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            b = torch.sigmoid(x @ w2) * _SIDE_SCALE
+        return x + torch.relu(x @ w1) * b
+
+    result = L.check_parallel_block(unjoined, quiet=True)
+    assert fails_with(result, "cudaErrorStreamCaptureUnjoined", "wait_stream(side)")
+    assert "restart the kernel" not in result.text()
+    assert not sim_graphs._rng["poisoned"]  # this process never captured it
+
+
+def test_a_function_that_cannot_travel_gets_a_hint():
+    lock = threading.Lock()
+
+    def locked_probs(logits, temperature):
+        with lock:
+            return torch.softmax(logits / temperature, dim=-1)
+
+    assert fails_with(L.check_sampling_probs(locked_probs, quiet=True), "a function the check can send to a "
+                      "fresh process", "cannot pickle '_thread.lock' object", "create streams, generators, locks")
 
 
 # ---------------------------------------------------------------------------------------

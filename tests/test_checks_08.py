@@ -2,11 +2,13 @@
 with a hint (never a traceback) for wrong ones.
 
 The answers are module-level functions and classes, as a learner writes them in a notebook
-cell: check_decode_step sends a function's source to a child process to capture it there
-first.
+cell: check_decode_step runs the function in a fresh process (graphlab_utils.isolation),
+which imports this module to find it; a lambda travels by value.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -161,7 +163,7 @@ class SlowRunner(ReferenceRunner):
     """Right results, one capture, but a warm-up pass of the model at every call."""
 
     def __call__(self, x):
-        L.warm_up(lambda: self.model(x), n=1)
+        L.warm_up(lambda: self.model(x), iters=1)
         return super().__call__(x)
 
 
@@ -307,7 +309,7 @@ def test_step_runner_wrong_answers_fail_with_a_hint(runner, words):
 
 
 # ---------------------------------------------------------------------------------------
-# Mystery 3: the decode step (module-level functions: their source goes to a child process)
+# Mystery 3: the decode step (checked in a fresh process)
 # ---------------------------------------------------------------------------------------
 def decode_with_flag(h, w):
     h = torch.relu(h @ w)
@@ -368,3 +370,12 @@ def test_decode_stub():
         raise NotImplementedError("Exercise")
 
     assert fails_with(L.check_decode_step(stub, quiet=True), "NotImplementedError")
+
+
+def test_decode_lambda_is_captured_in_a_fresh_process(capsys):
+    guarded = lambda h, w: (  # noqa: E731
+        print("ran in", os.getpid()) or torch.softmax(torch.relu(h @ w) if torch.isfinite(h).all() else h, dim=-1))
+    assert fails_with(L.check_decode_step(guarded, quiet=True), "the capture failed (cudaErrorStreamCaptureUnsupported)",
+                      "if tensor:")
+    pids = {int(line.split()[-1]) for line in capsys.readouterr().out.splitlines()}
+    assert len(pids) == 1 and os.getpid() not in pids

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from graphlab_utils import backend, recipes
 from graphlab_utils.recipes import close, describe
 
-__all__ = ["RECORD_MIME", "CheckResult", "check", "fail", "ok", "ok_timings", "device", "close", "describe",
+__all__ = ["RECORD_MIME", "CheckResult", "check", "fail", "ok", "ok_timings", "device", "in_fresh_process",
+           "close", "describe",
            "side_warm_up"]
 
 RECORD_MIME = "application/vnd.graphlab.check+json"
@@ -85,6 +86,24 @@ def device():
             "neither: graphlab_utils.setup() has not run in this notebook",
             "run the setup cell at the top first: it installs the simulator when no GPU is present",
         )
+
+
+def in_fresh_process(verify, fn) -> None:
+    """Run ``verify(fn)``, a check's body for a learner's capture, in a fresh process.
+
+    A capture that fails damages a process on a GPU (lesson 02), so the checks of lessons
+    where it may fail run the learner's function there (``isolation.run_function``): the hint
+    that ``verify`` fails with there, or the learner's own error, comes back here as it is.
+    """
+    from graphlab_utils import isolation
+
+    try:
+        isolation.run_function(verify, fn)
+    except isolation.NotTransferable as exc:
+        fail("a function the check can send to a fresh process", exc.reason,
+             "a failed capture damages a process on a GPU, so the check runs your function in a fresh "
+             "one, with what it uses from the notebook: create streams, generators, locks and open files "
+             "inside the function")
 
 
 side_warm_up = recipes.warm_up  # the name the lesson checks use for PyTorch's warm-up recipe

@@ -12,25 +12,21 @@
   per row)`` with the statistic on a side stream that is joined back (repair 3: the
   unjoined side stream).
 
-A capture that fails damages a process on a GPU (lesson 02), so every check first runs the
-learner's capture in a child process: the learner's function is sent there as source code,
-with the notebook functions and modules it uses. Only when the capture succeeds there does
-the check capture it again in the notebook's own process and verify the graph's branches
-(``graphlab_utils.graphinfo.structure``) and its results after new inputs are copied in.
-A function whose source cannot be sent (a lambda, a closure, one that reads a tensor from
-the notebook's globals) is checked in the notebook's process directly.
+A capture that fails damages a process on a GPU (lesson 02), so each check runs the
+learner's function in a fresh process (``graphlab_utils.isolation.run_function``: a notebook
+function, a lambda or a closure travels there with what it uses): the eager run, the
+capture, the graph's branches (``graphlab_utils.graphinfo.structure``) and its results after
+new inputs are copied in are all checked there, and only the verdict comes back. The
+notebook's own process never captures the learner's code.
 """
 
 from __future__ import annotations
 
-import builtins
-import importlib
-import inspect
-import textwrap
-import types
+from graphlab_utils import recipes
+from graphlab_utils.recipes import close as _close, describe as _describe
 
-from .core import check, fail, ok
-from .core import device as _device, close as _close, describe as _describe
+from .core import check, fail, in_fresh_process, ok
+from .core import device as _device
 
 __all__ = [
     "check_parallel_block",
@@ -41,16 +37,6 @@ __all__ = [
     "block_reference",
     "capture_with_warmup",
 ]
-
-# Names the isolated child defines itself (see graphlab_utils.isolation).
-_PREDEFINED = {"torch", "DEVICE", "gl"}
-# Modules whose functions and classes the child imports instead of receiving their source.
-_LIBRARIES = {"torch", "numpy", "math", "graphlab_utils", "functools", "itertools", "operator"}
-
-RESTART = (
-    " On a GPU a failed capture damages the process: restart the kernel and run the cells "
-    "from the top before you try again."
-)
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,22 +69,14 @@ def capture_with_warmup(fn, warmup: int = 2, keep_graph: bool = True):
     """
     import torch
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph(keep_graph=keep_graph)
-    with torch.cuda.graph(g):
-        out = fn()
+    g, out = recipes.capture(fn, warmup=warmup, keep_graph=keep_graph)
     g.replay()
     torch.cuda.synchronize()
     return g, out
 
 
 # ---------------------------------------------------------------------------------------
-# Trials: what the isolated child runs (the same code the checks run in-process)
+# Trials: the learner's capture, in the check's fresh process
 # ---------------------------------------------------------------------------------------
 def _trial_parallel_block(fn):
     import torch
@@ -114,11 +92,7 @@ def _trial_capture_helper(capture):
 
     static_x = torch.linspace(-2.0, 2.0, 1024, device=_device())
     work = lambda: torch.tanh(static_x * 3.0) + 1.0  # noqa: E731
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        work()
-    torch.cuda.current_stream().wait_stream(s)
+    recipes.warm_up(work, iters=1)
     g = torch.cuda.CUDAGraph()
     before = torch.cuda.current_stream()
     out = capture(g, work)
@@ -165,109 +139,6 @@ def _trial_monitored_step(fn):
     return g, out, x, w
 
 
-_TRIALS = {
-    "parallel_block": _trial_parallel_block,
-    "capture_helper": _trial_capture_helper,
-    "sampling_probs": _trial_sampling_probs,
-    "monitored_step": _trial_monitored_step,
-}
-
-
-def _run_trial(kind: str, fn) -> None:
-    """Entry point of the isolated child: run the trial, let any error escape to the report."""
-    _TRIALS[kind](fn)
-
-
-# ---------------------------------------------------------------------------------------
-# Sending a learner's function to a child process
-# ---------------------------------------------------------------------------------------
-class _NotShippable(Exception):
-    pass
-
-
-def _code_names(code: types.CodeType) -> set:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
-
-
-def _import_line(value, dep: str) -> str | None:
-    """``from torch.nn.functional import relu as dep`` for a library object, else None."""
-    module = getattr(value, "__module__", None) or ""
-    name = getattr(value, "__name__", None)
-    if module.split(".")[0] not in _LIBRARIES or not name:
-        return None
-    try:
-        found = getattr(importlib.import_module(module), name, None)
-    except Exception:  # noqa: BLE001 - an odd module: send the function's source instead
-        return None
-    return f"from {module} import {name} as {dep}" if found is value else None
-
-
-def _source_of(fn) -> str:
-    if fn.__name__ == "<lambda>" or fn.__closure__:
-        raise _NotShippable(f"{fn.__name__} is a lambda or a closure")
-    try:
-        src = textwrap.dedent(inspect.getsource(fn))
-    except (OSError, TypeError) as exc:
-        raise _NotShippable(f"no source for {fn.__name__}") from exc
-    if not src.lstrip().startswith(("def ", "async def ")):
-        raise _NotShippable(f"{fn.__name__} is decorated")
-    return src
-
-
-def _ship(fn, name: str, lines: list, seen: set) -> None:
-    """Append to ``lines`` the code that defines ``fn`` as ``name`` and what it reads."""
-    if name in seen:
-        return
-    seen.add(name)
-    globals_ = fn.__globals__
-    for dep in sorted(_code_names(fn.__code__)):
-        if dep in _PREDEFINED or dep not in globals_ or dep == name:
-            continue
-        value = globals_[dep]
-        if getattr(builtins, dep, None) is value:
-            continue
-        if isinstance(value, types.ModuleType):
-            lines.append(f"import {value.__name__} as {dep}")
-        elif _import_line(value, dep):
-            lines.append(_import_line(value, dep))
-        elif isinstance(value, types.FunctionType):
-            _ship(value, dep, lines, seen)
-        elif isinstance(value, (bool, int, float, str, type(None))):
-            lines.append(f"{dep} = {value!r}")
-        else:
-            raise _NotShippable(f"{name} reads the global {dep!r} ({type(value).__name__})")
-    src = _source_of(fn)
-    lines.append(src if fn.__name__ == name else f"{src}\n{name} = {fn.__name__}")
-
-
-def _child_code(kind: str, fn) -> str:
-    lines: list = []
-    _ship(fn, "__learner_fn__", lines, set())
-    lines.append("from graphlab_utils.checks import lesson02 as __l02")
-    lines.append(f"__l02._run_trial({kind!r}, __learner_fn__)")
-    return "\n".join(lines) + "\n"
-
-
-def _preflight(kind: str, fn):
-    """Run the trial in a child process; None when ``fn`` cannot be sent there."""
-    from graphlab_utils.isolation import run_isolated
-
-    if not isinstance(fn, types.FunctionType):
-        return None
-    try:
-        code = _child_code(kind, fn)
-    except _NotShippable:
-        return None
-    try:
-        return run_isolated(code)
-    except Exception:  # the child died without a report: check in-process instead
-        return None
-
-
 # ---------------------------------------------------------------------------------------
 # Hints for capture errors
 # ---------------------------------------------------------------------------------------
@@ -291,28 +162,8 @@ def _idea_key(cuda_error, first: str, cause: dict) -> str:
     return cuda_error or ""
 
 
-def _capture_failed(result, ideas: dict, fallback: str) -> None:
-    """Turn a failed child run into a hint (or re-raise the learner's own Python error)."""
-    if result.error_type == "NotImplementedError":
-        raise NotImplementedError
-    first = result.first_line or ""
-    cause = result.cause or {}
-    key = _idea_key(result.cuda_error, first, cause)
-    idea = ideas.get(key) or (_HOST_COPY_IDEA if key == "host-copy" else None)
-    if idea is None:
-        if key == "":
-            fail(
-                "code that runs to the end when it is captured",
-                f"{result.error_type}: {first}",
-                "read the error: it comes from your code (it ran in a fresh process, "
-                "where only torch, DEVICE, gl and what your function uses are defined)",
-            )
-        idea = fallback
-    fail("a capture that succeeds", _error_text(result.error_type, result.cuda_error, first, cause), idea)
-
-
-def _in_process(trial, fn, ideas: dict, fallback: str):
-    """Run a trial in this process; a capture error becomes a hint that also says to restart."""
+def _capture(trial, fn, ideas: dict, fallback: str):
+    """Run the learner's capture (in the check's fresh process); a capture error becomes a hint."""
     from graphlab_utils.errors import error_name_in
 
     try:
@@ -321,23 +172,21 @@ def _in_process(trial, fn, ideas: dict, fallback: str):
         raise
     except Exception as exc:  # noqa: BLE001 - the learner's capture may fail in any way
         name = error_name_in(str(exc))
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = recipes.first_line(exc)
         context = exc.__context__
         cause = {"cuda_error": error_name_in(str(context))} if context is not None else {}
         key = _idea_key(name, first, cause)
-        if key == "":
-            raise
-        idea = ideas.get(key) or (_HOST_COPY_IDEA if key == "host-copy" else fallback)
-        fail("a capture that succeeds", _error_text(type(exc).__name__, name, first, cause),
-             idea + "." + RESTART)
-
-
-def _try_capture(kind: str, fn, ideas: dict, fallback: str):
-    """The learner's capture: first in a child process, then, if it succeeded there, here."""
-    result = _preflight(kind, fn)
-    if result is not None and not result.ok:
-        _capture_failed(result, ideas, fallback)
-    return _in_process(_TRIALS[kind], fn, ideas, fallback)
+        idea = ideas.get(key) or (_HOST_COPY_IDEA if key == "host-copy" else None)
+        if idea is None:
+            if key == "":
+                fail(
+                    "code that runs to the end when it is captured",
+                    f"{type(exc).__name__}: {first}",
+                    "read the error: it comes from your code (it ran in a fresh process, "
+                    "where only torch, DEVICE, gl and what your function uses are defined)",
+                )
+            idea = fallback
+        fail("a capture that succeeds", _error_text(type(exc).__name__, name, first, cause), idea)
 
 
 _SYNC_IDEA = (
@@ -369,11 +218,16 @@ _UNJOINED_IDEA = (
 @check("parallel block")
 def check_parallel_block(fn):
     """``fn(x, w1, w2, side)``: the block with its branches forked onto ``side`` and joined."""
+    ok(callable(fn), "a function fn(x, w1, w2, side)", _describe(fn), "pass the function itself, not its result")
+    in_fresh_process(_verify_parallel_block, fn)
+
+
+def _verify_parallel_block(fn):
+    """In the check's fresh process: the eager result, the capture, its branches, a replay."""
     import torch
 
     from graphlab_utils import graphinfo
 
-    ok(callable(fn), "a function fn(x, w1, w2, side)", _describe(fn), "pass the function itself, not its result")
     x, w1, w2 = block_inputs()
     side = torch.cuda.Stream()
     eager = fn(x, w1, w2, side)
@@ -382,7 +236,7 @@ def check_parallel_block(fn):
        "x + relu(x @ w1) * sigmoid(x @ w2), run eagerly", _describe(eager) if not isinstance(eager, torch.Tensor)
        else "different values", "fork/join changes where the work runs, not what it computes: keep the sequential math")
 
-    g, out, x, w1, w2 = _try_capture("parallel_block", fn, {
+    g, out, x, w1, w2 = _capture(_trial_parallel_block, fn, {
         "cudaErrorStreamCaptureUnjoined": _UNJOINED_IDEA,
         "cudaErrorStreamCaptureUnsupported": _UNFORKED_IDEA + "; and keep syncs out: " + _SYNC_IDEA,
     }, _UNFORKED_IDEA)
@@ -415,10 +269,15 @@ def check_parallel_block(fn):
 @check("capture helper")
 def check_capture_helper(capture):
     """``capture(graph, fn)``: records ``fn()`` into ``graph`` and returns its output."""
+    ok(callable(capture), "a function capture(graph, fn)", _describe(capture), "pass the function itself")
+    in_fresh_process(_verify_capture_helper, capture)
+
+
+def _verify_capture_helper(capture):
+    """In the check's fresh process: the capture, the stream left current, a replay."""
     import torch
 
-    ok(callable(capture), "a function capture(graph, fn)", _describe(capture), "pass the function itself")
-    g, out, static_x, work, same_stream = _try_capture("capture_helper", capture, {
+    g, out, static_x, work, same_stream = _capture(_trial_capture_helper, capture, {
         "default-stream": "capture_begin() ran on the default stream, which cannot be captured: "
                           "switch to a side stream first (`with torch.cuda.stream(s):`), "
                           "or let `with torch.cuda.graph(graph):` do it for you",
@@ -448,9 +307,14 @@ def check_capture_helper(capture):
 @check("sampling probabilities")
 def check_sampling_probs(fn):
     """``fn(logits, temperature)``: ``softmax(logits / temperature, dim=-1)`` with a tensor temperature."""
+    ok(callable(fn), "a function fn(logits, temperature)", _describe(fn), "pass the function itself")
+    in_fresh_process(_verify_sampling_probs, fn)
+
+
+def _verify_sampling_probs(fn):
+    """In the check's fresh process: the eager result, the capture, replays at new temperatures."""
     import torch
 
-    ok(callable(fn), "a function fn(logits, temperature)", _describe(fn), "pass the function itself")
     logits, temperature = _sampling_inputs()
     eager = fn(logits, temperature)
     ok(_close(eager, torch.softmax(logits / temperature, dim=-1)),
@@ -458,7 +322,7 @@ def check_sampling_probs(fn):
        _describe(eager) if not isinstance(eager, torch.Tensor) or eager.shape != logits.shape else "different values",
        "divide the logits by the temperature, then softmax over the last dimension")
 
-    g, probs, logits, temperature = _try_capture("sampling_probs", fn, {
+    g, probs, logits, temperature = _capture(_trial_sampling_probs, fn, {
         "cudaErrorStreamCaptureUnsupported": _SYNC_IDEA + (
             ". Divide by the temperature tensor itself: logits / temperature broadcasts on the device"),
     }, _SYNC_IDEA)
@@ -481,11 +345,16 @@ def check_sampling_probs(fn):
 @check("monitored step")
 def check_monitored_step(fn):
     """``fn(x, w, side)``: ``(relu(x @ w), x.pow(2).mean(-1))``, the statistic on ``side``, joined."""
+    ok(callable(fn), "a function fn(x, w, side)", _describe(fn), "pass the function itself")
+    in_fresh_process(_verify_monitored_step, fn)
+
+
+def _verify_monitored_step(fn):
+    """In the check's fresh process: the eager results, the capture, its branches, a replay."""
     import torch
 
     from graphlab_utils import graphinfo
 
-    ok(callable(fn), "a function fn(x, w, side)", _describe(fn), "pass the function itself")
     x, w = _monitored_inputs()
     side = torch.cuda.Stream()
     eager = fn(x, w, side)
@@ -496,7 +365,7 @@ def check_monitored_step(fn):
     ok(_close(eager[0], h_ref) and _close(eager[1], s_ref), "(relu(x @ w), x.pow(2).mean(dim=-1)), run eagerly",
        "different values", "keep the step's math as it was; only the streams change")
 
-    g, out, x, w = _try_capture("monitored_step", fn, {
+    g, out, x, w = _capture(_trial_monitored_step, fn, {
         "cudaErrorStreamCaptureUnjoined": _UNJOINED_IDEA,
         "cudaErrorStreamCaptureUnsupported": _UNFORKED_IDEA,
     }, _UNJOINED_IDEA)

@@ -15,9 +15,10 @@ eager, ``diagnose.capture_error_site``), names it, and repairs it.
   every new ``x`` and every new ``t`` with one graph.
 * ``check_decode_step(decode_step)``: mystery 3, a decode step that cannot be captured. The
   repaired ``decode_step(h, w)`` must be capturable and give eager's probabilities after new
-  inputs are copied in. A failing capture damages a process on a GPU, so the check first
-  captures the learner's function in a child process (its source is sent there, with the
-  notebook functions it calls); only then in the notebook's process.
+  inputs are copied in. A failing capture damages a process on a GPU, so this check runs
+  the learner's function in a fresh process (``graphlab_utils.isolation.run_function``: a
+  notebook function, a lambda or a closure travels there with what it uses) and checks it
+  there; only the verdict comes back.
 
 The workloads themselves (``mystery_model``, ``denoise_step``, the decode step's inputs)
 are defined here, so that the lab and its checks run the same code.
@@ -25,13 +26,11 @@ are defined here, so that the lab and its checks run the same code.
 
 from __future__ import annotations
 
-import builtins
-import inspect
-import textwrap
-import types
+from graphlab_utils import recipes
+from graphlab_utils.recipes import close as _close, describe as _describe, warm_up
 
-from .core import check, fail, ok
-from .core import device as _device, close as _close, describe as _describe
+from .core import check, fail, in_fresh_process, ok
+from .core import device as _device
 
 __all__ = [
     "CAUSES",
@@ -46,24 +45,6 @@ __all__ = [
     "requests",
     "warm_up",
 ]
-
-RESTART = (
-    " On a GPU a failed capture damages the process: restart the kernel and run the cells "
-    "from the top before you try again."
-)
-
-
-def warm_up(fn, n: int = 3) -> None:
-    """PyTorch's recipe before a capture: run ``fn()`` ``n`` times on a side stream."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(n):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-
 
 # ---------------------------------------------------------------------------------------
 # The workloads
@@ -335,102 +316,9 @@ def _probs_of(out):
 
 def _capture(fn):
     """Warm up and capture ``fn(h, w)`` on the decode inputs; return (graph, output, h, w)."""
-    import torch
-
     h, w = decode_inputs()
-    warm_up(lambda: fn(h, w))
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = fn(h, w)
+    g, out = recipes.capture(lambda: fn(h, w))
     return g, out, h, w
-
-
-def _run_trial(fn) -> None:
-    """Entry point of the isolated child: capture the learner's function there."""
-    _capture(fn)
-
-
-# Names the isolated child defines itself (see graphlab_utils.isolation).
-_PREDEFINED = {"torch", "DEVICE", "gl"}
-_LIBRARIES = {"torch", "numpy", "math", "graphlab_utils", "functools", "itertools", "operator"}
-
-
-class _NotShippable(Exception):
-    pass
-
-
-def _code_names(code: types.CodeType) -> set:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
-
-
-def _library(obj) -> str | None:
-    module = getattr(obj, "__module__", None) or ""
-    return module if module.split(".")[0] in _LIBRARIES else None
-
-
-def _ship(fn, name: str, lines: list, seen: set) -> None:
-    """Append to ``lines`` the code that defines ``fn`` as ``name``, and what it reads."""
-    if name in seen:
-        return
-    seen.add(name)
-    if fn.__name__ == "<lambda>" or fn.__closure__:
-        raise _NotShippable(f"{fn.__name__} is a lambda or a closure")
-    try:
-        src = textwrap.dedent(inspect.getsource(fn))
-    except (OSError, TypeError) as exc:
-        raise _NotShippable(f"no source for {fn.__name__}") from exc
-    if not src.lstrip().startswith(("def ", "async def ")):
-        raise _NotShippable(f"{fn.__name__} is decorated")
-    globals_ = fn.__globals__
-    for dep in sorted(_code_names(fn.__code__)):
-        if dep in _PREDEFINED or dep not in globals_ or dep == name or not dep.isidentifier():
-            continue  # (names that are not identifiers come from tools that rewrite code, e.g. pytest)
-        value = globals_[dep]
-        if isinstance(value, types.ModuleType):
-            lines.append(f"import {value.__name__} as {dep}")
-        elif isinstance(value, types.FunctionType):
-            library = _library(value)
-            if library and getattr(value, "__qualname__", "") == value.__name__:
-                lines.append(f"from {library} import {value.__name__} as {dep}")
-            else:
-                _ship(value, dep, lines, seen)
-        elif isinstance(value, (bool, int, float, str, type(None))):
-            lines.append(f"{dep} = {value!r}")
-        elif isinstance(value, type) and _library(value):
-            lines.append(f"from {_library(value)} import {value.__name__} as {dep}")
-        elif getattr(builtins, dep, None) is value:
-            continue
-        else:
-            raise _NotShippable(f"{name} reads the global {dep!r} ({type(value).__name__})")
-    lines.append(src if fn.__name__ == name else f"{src}\n{name} = {fn.__name__}")
-
-
-def _child_code(fn) -> str:
-    lines: list = []
-    _ship(fn, "__learner_fn__", lines, set())
-    lines.append("from graphlab_utils.checks import lesson08 as __l08")
-    lines.append("__l08._run_trial(__learner_fn__)")
-    return "\n".join(lines) + "\n"
-
-
-def _preflight(fn):
-    """Capture ``fn`` in a child process; None when it cannot be sent there."""
-    from graphlab_utils.isolation import run_isolated
-
-    if not isinstance(fn, types.FunctionType):
-        return None
-    try:
-        code = _child_code(fn)
-    except _NotShippable:
-        return None
-    try:
-        return run_isolated(code)
-    except Exception:  # the child died without a report: check in-process instead
-        return None
 
 
 _SYNC_IDEA = (
@@ -444,36 +332,35 @@ _SYNC_IDEA = (
 @check("mystery 3: decode step")
 def check_decode_step(fn):
     """``fn(h, w)``: ``softmax(relu(h @ w))`` (or ``(probs, flag)``) that a graph can capture."""
+    ok(callable(fn), "a function decode_step(h, w)", _describe(fn), "pass the function itself")
+    in_fresh_process(_verify_decode_step, fn)
+
+
+def _verify_decode_step(fn):
+    """In the check's fresh process: the eager result, the capture, replays on new inputs."""
     import torch
 
     from graphlab_utils.errors import error_name_in
 
-    ok(callable(fn), "a function decode_step(h, w)", _describe(fn), "pass the function itself")
     h, w = decode_inputs()
     probs = _probs_of(fn(h, w))
     ok(_close(probs, decode_reference(h, w)), "softmax(relu(h @ w), dim=-1), run eagerly",
        _describe(probs) if not isinstance(probs, torch.Tensor) or probs.shape != (8, 64) else "different values",
        "keep the step's math; only the guard has to change")
 
-    result = _preflight(fn)
-    if result is not None and not result.ok:
-        if result.error_type == "NotImplementedError":
-            raise NotImplementedError
-        if result.cuda_error is None and not (result.first_line or "").startswith("Cannot copy between CPU and CUDA"):
-            fail("code that runs to the end when it is captured", f"{result.error_type}: {result.first_line}",
-                 "read the error: it comes from your code (it ran in a fresh process, where only torch, "
-                 "DEVICE, gl and what your function uses are defined)")
-        first = (result.cause or {}).get("cuda_error") or result.cuda_error or result.error_type
-        fail("a capture that succeeds", f"the capture failed ({first})", _SYNC_IDEA)
-
     try:
         g, out, h, w = _capture(fn)
     except NotImplementedError:
         raise
     except Exception as exc:  # noqa: BLE001 - the learner's capture may fail in any way
-        name = error_name_in(str(exc))
-        fail("a capture that succeeds", f"{type(exc).__name__}" + (f" ({name})" if name else ""),
-             _SYNC_IDEA + "." + RESTART)
+        name, first = error_name_in(str(exc)), recipes.first_line(exc)
+        if name is None and not first.startswith("Cannot copy between CPU and CUDA"):
+            fail("code that runs to the end when it is captured", f"{type(exc).__name__}: {first}",
+                 "read the error: it comes from your code (it ran in a fresh process, where only torch, "
+                 "DEVICE, gl and what your function uses are defined)")
+        context = exc.__context__
+        first_error = (error_name_in(str(context)) if context is not None else None) or name or type(exc).__name__
+        fail("a capture that succeeds", f"the capture failed ({first_error})", _SYNC_IDEA)
     probs = _probs_of(out)
     for seed in (5, 6):
         new_h, _ = decode_inputs(seed)
