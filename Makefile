@@ -87,6 +87,7 @@ lab: env
 test: EXTRAS = test,site
 test: env
 	"$(PYTHON)" -m graphlab_utils build-labs --check
+	"$(PYTHON)" -m graphlab_utils build-lesson10 --check
 	$(MAKE) --no-print-directory site EXTRAS=$(EXTRAS)
 	"$(PYTHON)" -m pytest $(PARALLEL) tests
 	@if [ -z "$(NBVAL_PATHS)" ]; then \

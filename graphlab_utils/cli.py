@@ -4,6 +4,7 @@ Sub-commands delegate to the modules that own them:
 
 * ``graphlab doctor``: :mod:`graphlab_utils.doctor`
 * ``graphlab build-labs [--check] [--solutions DIR] [--labs DIR]``: :mod:`graphlab_utils.authoring.labs`
+* ``graphlab build-lesson10 [--check]``: :mod:`graphlab_utils.authoring.lesson10`
 * ``graphlab calibrate ...``: :mod:`graphlab_utils.authoring.calibrate` (on a GPU)
 * ``graphlab drill [--module NN] [--count N] [--seed S] [--timed SECONDS]``: :mod:`graphlab_utils.drills.terminal`
 * ``graphlab check NOTEBOOK [--timeout S] [--backend B] [--save PATH]``: :mod:`graphlab_utils.authoring.grading`
@@ -26,6 +27,8 @@ __all__ = ["main"]
 COMMANDS = {
     "doctor": ("graphlab_utils.doctor", "report the environment and say what to fix"),
     "build-labs": ("graphlab_utils.authoring.labs", "generate labs/ from solutions/ (--check: verify them)"),
+    "build-lesson10": ("graphlab_utils.authoring.lesson10",
+                       "generate lesson 10's notebook and solution (--check: verify them)"),
     "calibrate": ("graphlab_utils.authoring.calibrate", "measure the simulator's cost model on a GPU"),
     "drill": ("graphlab_utils.drills.terminal", "interview questions at random, with a score (--timed: a mock interview)"),
     "check": ("graphlab_utils.authoring.grading", "run a lab headless and print which exercises pass"),

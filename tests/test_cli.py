@@ -73,3 +73,11 @@ def test_python_dash_m():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "usage: graphlab build-labs" in result.stdout
+
+
+def test_build_lesson10_check_passes_on_the_repository(capsys):
+    """`make test` runs it: lesson 10's generated notebook and solution match their sources."""
+    assert cli.main(["build-lesson10", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "notebooks/10_interview_drills.ipynb is up to date" in out
+    assert "solutions/10_interview_drills.ipynb is up to date" in out
