@@ -208,3 +208,28 @@ def capture_end_on_other_stream(device):
         return {RAISED: None}
     except RuntimeError as exc:
         return {RAISED: "RuntimeError", "the message asks for the same stream": "same stream" in str(exc)}
+
+
+@claim("`torch.cuda.graph(g, stream=s)` records on the stream you give it; nothing runs until a replay", {
+    "the block ran on the stream given": True, "that stream was capturing": True,
+    "result ready before the first replay": False, "result ready after a replay on the default stream": True})
+def capture_on_a_chosen_stream(device):
+    import torch
+
+    x = torch.randn(1024, device=device)
+    side = torch.cuda.Stream()
+    warm_up(lambda: x * 2)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=side):
+        on_side = torch.cuda.current_stream() == side
+        capturing = torch.cuda.is_current_stream_capturing()
+        y = x * 2
+    new = torch.randn(1024, device=device)
+    x.copy_(new)  # a value no kernel has computed with yet
+    torch.cuda.synchronize()
+    before = close(y, new * 2)
+    g.replay()  # after the block the current stream is the default stream again
+    torch.cuda.synchronize()
+    return {"the block ran on the stream given": on_side, "that stream was capturing": capturing,
+            "result ready before the first replay": before,
+            "result ready after a replay on the default stream": close(y, new * 2)}
