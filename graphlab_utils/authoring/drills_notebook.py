@@ -99,8 +99,8 @@ SETUP_MD = """\
 
 The same first cell as every notebook: it picks the backend (a real GPU, or the CPU
 simulator) and prints one line saying which. `quiz` is the course's `graphlab_utils.drills`:
-the question bank, the grading, the widgets and the proofs; `terminal` is the version for a
-terminal.
+the question bank, the grading, the widgets and the proofs; `terminal` is `graphlab drill`,
+the same questions in a terminal.
 """
 
 SETUP = """\
