@@ -21,12 +21,10 @@ from typing import Any, Iterable
 
 import torch
 
-from graphlab_utils import backend
 from graphlab_utils.errors import GraphlabError
 
 __all__ = [
     "SCRATCH_SLOT",
-    "SIM_FREE_BYTES",
     "KVPoolFull",
     "KVPool",
     "SlotTable",
@@ -38,7 +36,6 @@ __all__ = [
 ]
 
 SCRATCH_SLOT = 0
-SIM_FREE_BYTES = 16 * 2 ** 20  # the simulator has no device memory to ask: the free memory it lends a plan
 
 
 class KVPoolFull(GraphlabError, RuntimeError):
@@ -218,17 +215,18 @@ class MemoryPlan:
         return self.slots * self.bytes_per_slot
 
     def describe(self) -> str:
-        mib = 2 ** 20
-        return (f"free {self.free_bytes / mib:.1f} MiB - graphs {self.graph_bytes / mib:.1f} MiB, x {self.fraction:g} "
-                f"-> {self.slots} slots of {self.bytes_per_slot} B = {self.pool_bytes / mib:.1f} MiB "
+        return (f"free {_size(self.free_bytes)} - graphs {_size(self.graph_bytes)}, x {self.fraction:g} "
+                f"-> {self.slots} slots of {self.bytes_per_slot} B = {_size(self.pool_bytes)} "
                 f"(limited by {self.limited_by})")
 
 
+def _size(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
 def free_device_memory() -> int:
-    """Free device memory in bytes: ``torch.cuda.mem_get_info()`` on a GPU; on the simulator, which has no
-    device memory to ask, :data:`SIM_FREE_BYTES` less what its allocator holds."""
-    if backend.is_simulated():
-        return max(0, SIM_FREE_BYTES - int(torch.cuda.memory_reserved()))
+    """Free device memory in bytes, from ``torch.cuda.mem_get_info()`` (the simulator models it: the
+    calibration GPU's memory less what its allocator holds)."""
     return int(torch.cuda.mem_get_info()[0])
 
 
