@@ -44,7 +44,6 @@ import argparse
 import datetime as _dt
 import json
 import logging
-import math
 import platform
 import shlex
 import sys
