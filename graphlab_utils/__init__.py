@@ -18,16 +18,12 @@ from .errors import GraphlabError
 __all__ = ["BackendError", "GraphlabError", "Session", "setup"]
 __version__ = "0.1.0"
 
-# `gl.timing`, `gl.cudart`, ... work after a bare `import graphlab_utils as gl`, imported on first use.
-_SUBMODULES = {
-    "checks", "conformance", "costmodel", "cudart", "drill", "graphinfo", "isolation", "drills",
-    "capstone", "profiling", "quiz", "quiz_proofs", "simulator", "timing", "viz", "workloads",
-}
-
-
+# `gl.timing`, `gl.recipes`, ... work after a bare `import graphlab_utils as gl`: any submodule
+# of the package is imported on first use (no list to keep in step).
 def __getattr__(name: str):
-    if name in _SUBMODULES:
-        import importlib
+    import importlib
+    import importlib.util
 
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'graphlab_utils' has no attribute {name!r}")
