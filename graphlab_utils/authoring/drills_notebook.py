@@ -20,15 +20,12 @@ metadata are what a run produced.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
-from graphlab_utils.errors import GraphlabError
+from graphlab_utils.authoring.generated import GeneratedNotebookError, Generator
 
-__all__ = ["COMMAND", "DEFAULT_NOTEBOOK", "DrillsNotebookError", "build", "execute", "main", "source_differences",
-           "coalesce_streams", "strip_widget_state"]
+__all__ = ["COMMAND", "DEFAULT_NOTEBOOK", "GENERATOR", "build", "main", "coalesce_streams", "strip_widget_state"]
 
 STEM = "10_interview_drills"
 COMMAND = "graphlab build-lesson10"
@@ -36,12 +33,6 @@ DEFAULT_NOTEBOOK = Path("notebooks") / f"{STEM}.ipynb"
 GITHUB = "cuda-graph-lab/cuda-graph-lab"
 COLAB = f"https://colab.research.google.com/github/{GITHUB}/blob/main/notebooks/{STEM}.ipynb"
 RUN_SLOW = ("q02_item_in_capture",)  # questions whose slow claim (a child process each) runs in the notebook
-CELL_TIMEOUT_S = 600
-
-
-class DrillsNotebookError(GraphlabError, RuntimeError):
-    """The lesson cannot be written, run or checked; the message says what to do."""
-
 
 NO_PROOF = {
     "q02_capture_modes": "it is about other threads, which the simulator does not model; lesson 02 "
@@ -67,7 +58,7 @@ in a quiz widget and get feedback at once; reveal the model answer and the reaso
 then **prove it**: every answer that can be shown is shown by a few lines of PyTorch that run
 here, on a GPU or on the simulator, and print the same verdicts on both.
 
-The questions cover modules 01 to 09. Many come from the study guide the course grew from,
+The questions cover modules 01 to 09 and 13. Many come from the study guide the course grew from,
 and its Chinese originals are quoted (原文). They are kept as data in the course package
 (`graphlab_utils/drills/questions.json`): the same bank drives this notebook, the
 `graphlab drill` command in a terminal, and the [workshop guide](../docs/workshop/README.md).
@@ -287,7 +278,7 @@ def build():
             code(f'# NBVAL_IGNORE_OUTPUT\nquiz.widget("{q.id}")', f"{_slug(q.id)}-widget")
             if q.claim is None:
                 if q.id not in NO_PROOF:
-                    raise DrillsNotebookError(f"{q.id} names no claim: give it one in the bank, or say in "
+                    raise GeneratedNotebookError(f"{q.id} names no claim: give it one in the bank, or say in "
                                               "NO_PROOF of graphlab_utils/authoring/drills_notebook.py why it has none")
                 md(f"No runnable proof: {NO_PROOF[q.id]}", f"{_slug(q.id)}-no-proof")
             elif claims.get(q.claim).slow and q.id not in RUN_SLOW:
@@ -339,100 +330,18 @@ def coalesce_streams(nb):
     return nb
 
 
-def execute(nb, cwd: Path) -> None:
-    """Run ``nb`` top to bottom on the simulator, in a kernel of this Python environment."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    from graphlab_utils.authoring.grading import _kernel_manager
-
-    saved = os.environ.get("GRAPHLAB_BACKEND")
-    os.environ["GRAPHLAB_BACKEND"] = "sim"  # the stored outputs are the simulator's
-    try:
-        NotebookClient(nb, km=_kernel_manager(), timeout=CELL_TIMEOUT_S, record_timing=False,
-                       resources={"metadata": {"path": str(cwd)}}).execute()
-    except CellExecutionError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise DrillsNotebookError(f"a cell of lesson 10 failed ({lines[-1] if lines else 'no message'}); "
-                                  "fix the question or the claim it names and run the command again") from exc
-    finally:
-        if saved is None:
-            os.environ.pop("GRAPHLAB_BACKEND", None)
-        else:
-            os.environ["GRAPHLAB_BACKEND"] = saved
+def _finish(nb) -> None:
     coalesce_streams(strip_widget_state(nb))
 
 
-def _cells(nb) -> list:
-    return [(cell.cell_type, cell.source) for cell in nb.cells]
-
-
-def _first_line(cell) -> str:
-    return repr((cell[1].splitlines() or [""])[0][:60])
-
-
-def _span(i1: int, i2: int, one: str, many: str) -> str:
-    return f"cell {i1} {one}" if i2 - i1 == 1 else f"cells {i1}-{i2 - 1} {many}"
-
-
-def source_differences(expected, actual) -> list:
-    """How the cells of ``actual`` differ from ``expected`` (types and sources only); empty when equal."""
-    import difflib
-
-    have, want = _cells(actual), _cells(expected)
-    problems = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=have, b=want, autojunk=False).get_opcodes():
-        if tag == "replace":
-            problems.append(f"{_span(i1, i2, 'differs', 'differ')} from what the bank makes "
-                            f"(now {_first_line(have[i1])}, generated {_first_line(want[j1])})")
-        elif tag == "delete":
-            problems.append(f"{_span(i1, i2, 'is', 'are')} not made by the bank (from {_first_line(have[i1])})")
-        elif tag == "insert":
-            problems.append(f"the bank makes {j2 - j1} more cell(s) before cell {i1} (from {_first_line(want[j1])})")
-    return problems
-
-
-def _check(path: Path) -> int:
-    import nbformat
-
-    if not path.is_file():
-        print(f"{path} is missing: run `{COMMAND}` from the repository's root")
-        return 1
-    problems = source_differences(build(), nbformat.read(path, as_version=4))
-    for problem in problems:
-        print(f"{path}: {problem}")
-    if problems:
-        print(f"{path} is stale: run `{COMMAND}`; it is generated from graphlab_utils/drills/questions.json "
-              "and never edited by hand")
-        return 1
-    print(f"build-lesson10 --check: {path} is up to date with graphlab_utils/drills/questions.json")
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=COMMAND, description="Write lesson 10 from the interview question bank and run it on the simulator.")
-    parser.add_argument("--check", action="store_true",
-                        help="compare the committed notebook's cell sources with what the bank makes; write nothing")
-    parser.add_argument("--no-execute", action="store_true", help="write the notebook without running it")
-    parser.add_argument("--notebook", default=str(DEFAULT_NOTEBOOK), metavar="PATH",
-                        help=f"the lesson notebook (default: {DEFAULT_NOTEBOOK})")
-    args = parser.parse_args(argv)
-    path = Path(args.notebook)
-    if args.check:
-        return _check(path)
-    if not path.parent.is_dir():
-        raise DrillsNotebookError(f"{path.parent} is not a folder: run `{COMMAND}` from the repository's root, "
-                                  "or name the notebook with --notebook")
-    import nbformat
-
-    nb = build()
-    if not args.no_execute:
-        execute(nb, path.resolve().parent)
-    nbformat.write(nb, path)
-    ran = "written" if args.no_execute else "written and run on the simulator"
-    print(f"{path}: {len(nb.cells)} cells, {ran}")
-    return 0
+GENERATOR = Generator(
+    command=COMMAND,
+    description="Write lesson 10 from the interview question bank and run it on the simulator.",
+    default_path=DEFAULT_NOTEBOOK, path_flag="--notebook", build=build, maker="the bank",
+    source="graphlab_utils/drills/questions.json",
+    fix="fix the question or the claim it names and run the command again", finish=_finish,
+)
+main = GENERATOR.main
 
 
 if __name__ == "__main__":

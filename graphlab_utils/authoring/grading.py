@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graphlab_utils.authoring.generated import kernel_manager
 from graphlab_utils.errors import GraphlabError
 
 
@@ -185,20 +186,6 @@ def _read_notebook(path: Path):
     return nb
 
 
-def _kernel_manager():
-    """A kernel of this very Python environment (as nbval's --nbval-current-env does)."""
-    import ipykernel.kernelspec
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-
-    class CurrentEnvSpecs(KernelSpecManager):
-        def get_kernel_spec(self, kernel_name):
-            return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
-                                          **ipykernel.kernelspec.get_kernel_dict())
-
-    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=CurrentEnvSpecs())
-
-
 def grade_notebook(path, timeout: int = 600, backend: str | None = None, save: str | None = None) -> Report:
     """Run the notebook at ``path`` headless and return what its checks said."""
     import nbformat
@@ -212,7 +199,7 @@ def grade_notebook(path, timeout: int = 600, backend: str | None = None, save: s
         os.environ["GRAPHLAB_BACKEND"] = backend
     start = time.perf_counter()
     try:
-        client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, allow_errors=True,
+        client = NotebookClient(nb, km=kernel_manager(), timeout=timeout, allow_errors=True,
                                 resources={"metadata": {"path": str(path.resolve().parent)}})
         try:
             client.execute()

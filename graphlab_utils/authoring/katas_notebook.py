@@ -17,26 +17,17 @@ counts and metadata are what a run produced.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
-from graphlab_utils.errors import GraphlabError
+from graphlab_utils.authoring.generated import Generator
 
-__all__ = ["COMMAND", "STEM", "KatasNotebookError", "build", "main", "source_differences"]
+__all__ = ["COMMAND", "STEM", "GENERATOR", "build", "main"]
 
 STEM = "10_interview_drills"
 COMMAND = "graphlab build-lesson10"
 DEFAULT_SOLUTION = Path("solutions") / f"{STEM}.ipynb"
 GITHUB = "cuda-graph-lab/cuda-graph-lab"
-CELL_TIMEOUT_S = 600
-SHOWN = 3  # --check names the first few differences
-
-
-class KatasNotebookError(GraphlabError, RuntimeError):
-    """The notebook cannot be written or checked; the message says what to do."""
-
 
 def colab(path: str) -> str:
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
@@ -243,88 +234,14 @@ public reports each one is modelled on. The snippets use two helpers: `capture(f
     return nb
 
 
-def execute(nb, cwd: Path) -> None:
-    """Run ``nb`` top to bottom on the simulator, in a kernel of this Python environment."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    from graphlab_utils.authoring.grading import _kernel_manager
-
-    saved = os.environ.get("GRAPHLAB_BACKEND")
-    os.environ["GRAPHLAB_BACKEND"] = "sim"  # the stored outputs are the simulator's
-    try:
-        NotebookClient(nb, km=_kernel_manager(), timeout=CELL_TIMEOUT_S, record_timing=False,
-                       resources={"metadata": {"path": str(cwd)}}).execute()
-    except CellExecutionError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise KatasNotebookError(f"a cell of the notebook failed ({lines[-1] if lines else 'no message'}); "
-                                 "fix the kata it belongs to and run the command again") from exc
-    finally:
-        if saved is None:
-            os.environ.pop("GRAPHLAB_BACKEND", None)
-        else:
-            os.environ["GRAPHLAB_BACKEND"] = saved
-
-
-def source_differences(expected, actual) -> list[str]:
-    """How the cells of ``actual`` differ from ``expected`` (types and sources only); empty when equal."""
-    problems = []
-    for i, (want, have) in enumerate(zip(expected.cells, actual.cells)):
-        if want.cell_type != have.cell_type:
-            problems.append(f"cell {i} is a {have.cell_type} cell, the katas make a {want.cell_type} cell")
-        elif want.source != have.source:
-            first = (have.source.splitlines() or [""])[0][:60]
-            problems.append(f"cell {i} ({first!r}) differs from what the katas make")
-    if len(expected.cells) != len(actual.cells):
-        problems.append(f"{len(actual.cells)} cells, the katas make {len(expected.cells)}")
-    return problems
-
-
-def _check(path: Path) -> int:
-    import nbformat
-
-    if not path.is_file():
-        print(f"{path} is missing: run `{COMMAND}` from the repository's root")
-        return 1
-    problems = source_differences(build(), nbformat.read(path, as_version=4))
-    for problem in problems[:SHOWN]:
-        print(f"{path}: {problem}")
-    if len(problems) > SHOWN:
-        print(f"{path}: and {len(problems) - SHOWN} more differences")
-    if problems:
-        print(f"{path} is stale: run `{COMMAND}` (then `graphlab build-labs`); it is generated from "
-              "graphlab_utils/drills/katas/ and never edited by hand")
-        return 1
-    print(f"build-lesson10 --check: {path} is up to date with graphlab_utils/drills/katas/")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=COMMAND,
-        description="Write lab 10's solution notebook from the failure katas and run it on the simulator.",
-    )
-    parser.add_argument("--check", action="store_true",
-                        help="compare the committed notebook's cell sources with what the katas make; write nothing")
-    parser.add_argument("--no-execute", action="store_true", help="write the notebook without running it")
-    parser.add_argument("--solution", default=str(DEFAULT_SOLUTION), metavar="PATH",
-                        help=f"the solution notebook (default: {DEFAULT_SOLUTION})")
-    args = parser.parse_args(argv)
-    path = Path(args.solution)
-    if args.check:
-        return _check(path)
-    if not path.parent.is_dir():
-        raise KatasNotebookError(f"{path.parent} is not a folder: run `{COMMAND}` from the repository's root, "
-                                 "or name the notebook with --solution")
-    import nbformat
-
-    nb = build()
-    if not args.no_execute:
-        execute(nb, path.resolve().parent)
-    nbformat.write(nb, path)
-    ran = "written" if args.no_execute else "written and run on the simulator"
-    print(f"{path}: {len(nb.cells)} cells, {ran}; now run `graphlab build-labs`")
-    return 0
+GENERATOR = Generator(
+    command=COMMAND,
+    description="Write lab 10's solution notebook from the failure katas and run it on the simulator.",
+    default_path=DEFAULT_SOLUTION, path_flag="--solution", build=build, maker="the katas",
+    source="graphlab_utils/drills/katas/", fix="fix the kata it belongs to and run the command again",
+    after="graphlab build-labs",
+)
+main = GENERATOR.main
 
 
 if __name__ == "__main__":
