@@ -109,6 +109,29 @@ def in_fresh_process(verify, fn) -> None:
 side_warm_up = recipes.warm_up  # the name the lesson checks use for PyTorch's warm-up recipe
 
 
+def refuse_syncs(watch, what: str, idea: str) -> None:
+    """Fail with ``idea`` when the code a ``graphlab_utils.watch.Watch`` saw read a device value on the CPU."""
+    ok(not watch.syncs, f"{what} with no host sync (nothing that needs a device value on the CPU)",
+       "a host sync: " + "; ".join(watch.syncs), idea)
+
+
+def refuse_seen(items: list, expected: str, idea: str) -> None:
+    """Fail with ``idea`` when a watcher listed anything (``watch.uploads``, ``watch.host_data``)."""
+    ok(not items, expected, "; ".join(dict.fromkeys(items)) + " inside the function", idea)
+
+
+def graph_and_output(result, call: str, pair: str, return_idea: str, create_idea: str, new: bool = False):
+    """``(graph, out)`` from what a learner's capture function returned, or the hint that says what it lacks."""
+    import torch
+
+    ok(isinstance(result, tuple) and len(result) == 2, f"{call} returns a pair {pair}",
+       f"{type(result).__name__}", return_idea)
+    graph, out = result
+    ok(isinstance(graph, torch.cuda.CUDAGraph), f"the first item is a {'new ' if new else ''}torch.cuda.CUDAGraph",
+       f"{type(graph).__name__}", create_idea)
+    return graph, out
+
+
 def ok_timings(result, keys, example: str, how: str, unit: str = "step") -> None:
     """A learner's dict of timings: every key present, each a positive Timing of this backend.
 

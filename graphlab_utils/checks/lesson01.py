@@ -29,7 +29,7 @@ import random
 
 from graphlab_utils.recipes import close, plural, seeded_randn, warm_up
 
-from .core import check, fail, ok, ok_timings
+from .core import check, fail, graph_and_output, ok, ok_timings
 from .core import device as _device
 
 __all__ = [
@@ -131,16 +131,10 @@ def check_capture(warm_up, capture):
        "leave the `with torch.cuda.stream(side):` block before warm_up returns")
     runs_after_warm_up = _runs(probe.runs)
 
-    result = capture(probe)
-    ok(isinstance(result, tuple) and len(result) == 2,
-       "capture(fn) returns a pair (graph, static_out)",
-       f"{type(result).__name__}",
-       "return the CUDAGraph and the tensor fn returned inside the capture: the graph's static output")
-    graph, static_out = result
-    ok(isinstance(graph, torch.cuda.CUDAGraph),
-       "the first item is a torch.cuda.CUDAGraph",
-       f"{type(graph).__name__}",
-       "create the graph with torch.cuda.CUDAGraph(keep_graph=True) and capture into it")
+    graph, static_out = graph_and_output(
+        capture(probe), "capture(fn)", "(graph, static_out)",
+        "return the CUDAGraph and the tensor fn returned inside the capture: the graph's static output",
+        "create the graph with torch.cuda.CUDAGraph(keep_graph=True) and capture into it")
     ok(isinstance(static_out, torch.Tensor),
        "the second item is the tensor fn returned inside the capture",
        f"{type(static_out).__name__}",

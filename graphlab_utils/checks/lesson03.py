@@ -29,7 +29,7 @@ from graphlab_utils import recipes
 from graphlab_utils.errors import error_name_in
 from graphlab_utils.watch import Watch, Words, watching
 
-from .core import check, close, describe, device, fail, ok
+from .core import check, close, describe, device, fail, ok, refuse_seen, refuse_syncs
 
 __all__ = [
     "STEP",
@@ -104,17 +104,11 @@ _SYNC_IDEA = (
 )
 
 
-def _refuse_syncs(watch: Watch, what: str) -> None:
-    ok(not watch.syncs, f"{what} with no host sync (nothing that needs a device value on the CPU)",
-       "a host sync: " + "; ".join(watch.syncs), _SYNC_IDEA)
-
-
-def _refuse_uploads(watch: Watch, what: str) -> None:
-    ok(not watch.uploads, f"{what} that makes its data on the device",
-       "; ".join(dict.fromkeys(watch.uploads)) + " inside the function",
-       "during capture PyTorch refuses to copy CPU data to the device unless the CPU tensor is pinned "
-       "(RuntimeError), and a pinned copy re-reads the same host buffer on every replay. Make the data on "
-       "the device, inside the graph (torch.randn_like), or copy_ it into a static buffer before each replay.")
+_UPLOAD_IDEA = (
+    "during capture PyTorch refuses to copy CPU data to the device unless the CPU tensor is pinned "
+    "(RuntimeError), and a pinned copy re-reads the same host buffer on every replay. Make the data on "
+    "the device, inside the graph (torch.randn_like), or copy_ it into a static buffer before each replay."
+)
 
 
 def _capture(fn, args, what: str, pool=None):
@@ -155,7 +149,7 @@ def check_device_select(fn):
         args = (latent.clone(), cond.clone(), uncond.clone(), _scale_tensor(scale))
         with watching(words=_WORDS) as watch:
             out = fn(*args)
-        _refuse_syncs(watch, "a step")
+        refuse_syncs(watch, "a step", _SYNC_IDEA)
         ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", describe(out, dtype=True),
            "return latent - 0.1 * eps, the same shape as latent")
         ref = guided_step_eager(latent, cond, uncond, scale)
@@ -296,8 +290,8 @@ def check_fresh_noise(fn):
     latent = _inputs(11, (64, 64))[0]
     with watching(words=_WORDS) as watch:
         out = fn(latent.clone())
-    _refuse_syncs(watch, "a step")
-    _refuse_uploads(watch, "a step")
+    refuse_syncs(watch, "a step", _SYNC_IDEA)
+    refuse_seen(watch.uploads, "a step that makes its data on the device", _UPLOAD_IDEA)
     ok(_is_tensor_like(out, latent), f"a tensor of shape {tuple(latent.shape)}", describe(out, dtype=True),
        "return latent + 0.5 * noise, the same shape as latent")
     static = latent.clone()

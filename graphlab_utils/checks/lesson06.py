@@ -30,7 +30,7 @@ import math
 
 from graphlab_utils.recipes import close, plural, seeded_randn, warm_up
 
-from .core import check, fail, ok, ok_timings
+from .core import check, fail, graph_and_output, ok, ok_timings
 from .core import device as _device
 
 __all__ = [
@@ -134,16 +134,10 @@ def check_capture_on(capture_on):
     graph.replay()
     new = _Work(seeded_randn(2, NUMEL, device=_device()), CHECK_OPS)  # the same work on a new buffer: a new address
 
-    result = capture_on(graph, new)
-    ok(isinstance(result, tuple) and len(result) == 2,
-       "capture_on(graph, fn) returns a pair (new_graph, new_out)",
-       f"{type(result).__name__}",
-       "return the new CUDAGraph and the tensor fn returned inside its capture")
-    new_graph, new_out = result
-    ok(isinstance(new_graph, torch.cuda.CUDAGraph),
-       "the first item is a new torch.cuda.CUDAGraph",
-       f"{type(new_graph).__name__}",
-       "create it with torch.cuda.CUDAGraph(keep_graph=True) and capture fn into it")
+    new_graph, new_out = graph_and_output(
+        capture_on(graph, new), "capture_on(graph, fn)", "(new_graph, new_out)",
+        "return the new CUDAGraph and the tensor fn returned inside its capture",
+        "create it with torch.cuda.CUDAGraph(keep_graph=True) and capture fn into it", new=True)
     ok(new_graph is not graph,
        "a new graph; the one in use stays as it is",
        "the graph you were given",

@@ -33,7 +33,7 @@ import math
 
 from graphlab_utils.recipes import plural, warm_up
 
-from .core import check, fail, ok
+from .core import check, fail, graph_and_output, ok
 from .core import device as _device
 
 __all__ = [
@@ -208,15 +208,10 @@ def _capture_reference(unet, sched, static):
 def _unpack_capture(result, static):
     import torch
 
-    ok(isinstance(result, tuple) and len(result) == 2,
-       "capture_step(unet, sched, static) returns a pair (graph, out)",
-       f"{type(result).__name__}",
-       "return the torch.cuda.CUDAGraph and the tensor the step returned inside the capture")
-    graph, out = result
-    ok(isinstance(graph, torch.cuda.CUDAGraph),
-       "the first item is a torch.cuda.CUDAGraph",
-       f"{type(graph).__name__}",
-       "create graph = torch.cuda.CUDAGraph() and capture the step inside `with torch.cuda.graph(graph):`")
+    graph, out = graph_and_output(
+        result, "capture_step(unet, sched, static)", "(graph, out)",
+        "return the torch.cuda.CUDAGraph and the tensor the step returned inside the capture",
+        "create graph = torch.cuda.CUDAGraph() and capture the step inside `with torch.cuda.graph(graph):`")
     ok(isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(static.x.shape),
        f"the second item is the step's output, a tensor of shape {tuple(static.x.shape)}",
        f"{type(out).__name__}{' of shape ' + str(tuple(out.shape)) if isinstance(out, torch.Tensor) else ''}",

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from graphlab_utils import backend, recipes
+from graphlab_utils.checks import core
 from graphlab_utils.checks.core import CheckResult, device, fail, ok
 from graphlab_utils.errors import error_name_in
 from graphlab_utils.watch import GENERATOR_REFUSED, Refused, Watch
@@ -204,14 +205,12 @@ HOST_DATA_IDEA = (
 
 def refuse_syncs(watch: Watch, what: str) -> None:
     """Fail with the sync hint when the watched code read a device value on the CPU."""
-    ok(not watch.syncs, f"{what} with no host sync (nothing that needs a device value on the CPU)",
-       "a host sync: " + "; ".join(watch.syncs), SYNC_IDEA)
+    core.refuse_syncs(watch, what, SYNC_IDEA)
 
 
 def refuse_host_data(watch: Watch, what: str) -> None:
     """Fail with the host-data hint when the watched code made a tensor from Python data."""
-    ok(not watch.host_data, f"{what} that makes no tensor from Python data",
-       "; ".join(dict.fromkeys(watch.host_data)) + " inside the function", HOST_DATA_IDEA)
+    core.refuse_seen(watch.host_data, f"{what} that makes no tensor from Python data", HOST_DATA_IDEA)
 
 
 def capture_failed(exc: BaseException, what: str):
