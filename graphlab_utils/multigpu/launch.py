@@ -12,8 +12,8 @@ it, ``torch.distributed`` is ready (``dist.get_rank()``, ``dist.all_reduce(...)`
 * on the simulator: gloo between CPU processes, the simulator installed in each, so that a
   collective inside a capture becomes a graph node (``graphlab_utils.simulator.distributed``);
 * on a real backend with two or more GPUs: NCCL, rank r on ``cuda:r``, NVLink multicast off
-  (``NCCL_NVLS_ENABLE=0``). With fewer GPUs the ranks run on the simulator: NCCL needs one GPU
-  per rank.
+  (``NCCL_NVLS_ENABLE=0``, and the same for symmetric memory and NVSHMEM). With fewer GPUs the
+  ranks run on the simulator: NCCL needs one GPU per rank.
 
 The processes are forked from a server process that imported PyTorch once (multiprocessing's
 "forkserver"), so a launch costs a fraction of a second after the first. ``fn`` and its
@@ -49,6 +49,7 @@ __all__ = ["Launch", "RankError", "LaunchError", "launch", "default_world_size",
 STARTUP_TIMEOUT_S = 180.0  # the first launch starts the server process, which imports PyTorch
 AFTER_ERROR_S = 5.0
 PG_TIMEOUT_S = 3600  # the process group's own timeout: longer than any launch, so the launcher's bounds apply
+_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 _PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "numpy", "cloudpickle", "graphlab_utils.backend",
             "graphlab_utils.simulator", "graphlab_utils.simulator.mode", "graphlab_utils.multigpu"]
 
@@ -370,7 +371,7 @@ def _rank_main(conn, payload: bytes, rank: int, world: int, which: str, workdir:
         import torch.distributed as dist
 
         if which == "real":
-            os.environ["NCCL_NVLS_ENABLE"] = "0"  # NVLink multicast stays off on the course's machines
+            os.environ.update(_MULTICAST_OFF)  # NVLink multicast stays off, for NCCL and symmetric memory
             torch.cuda.set_device(rank)
         backend.setup(backend=which, quiet=True)
         # No device_id: NCCL creates its communicator at the first collective, as it does by default.
