@@ -5,7 +5,8 @@ and returns what it observed as verdicts: booleans, counts, error names, never t
 addresses or timings (a speed claim is a ratio of two timings taken side by side). The keys
 are the words a learner reads ("result ready after one replay"). ``@claim(statement,
 expected)`` registers the function with the outcome a real GPU gives, in the file of the
-lesson that teaches it (``claims/lesson01.py`` ... ``claims/lesson09.py``)::
+lesson that teaches it (``claims/lesson01.py`` ... ``claims/lesson09.py``; PyTorch's own CUDA-graph
+tests, ported, are in ``claims/torch_suite.py``, lesson ``"torch"``)::
 
     from graphlab_utils import claims
     result = claims.run("frozen_python_branch")
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 LESSONS = ("01", "02", "03", "04", "05", "06", "07", "08", "09")
+SUITE = "torch"  # claims/torch_suite.py: PyTorch's own CUDA-graph tests, ported
 CHILD_TIMEOUT_S = 600
 
 CLAIMS: dict = {}
@@ -51,7 +53,7 @@ class ClaimError(GraphlabError, KeyError):
 @dataclass(frozen=True)
 class Claim:
     name: str
-    lesson: str  # "01".."09": the lesson that teaches it
+    lesson: str  # "01".."09": the lesson that teaches it ("torch": ported from PyTorch's tests)
     statement: str  # what it shows, in one line
     fn: Callable
     expected: dict  # what a real GPU gives
@@ -68,12 +70,12 @@ def claim(statement: str, expected: dict, *, isolated: bool = False, spawns: boo
     """Register ``fn(device) -> dict`` as a claim of the lesson whose file defines it."""
 
     def wrap(fn):
-        found = re.search(r"\.lesson(\d\d)$", fn.__module__)
-        if found is None or found.group(1) not in LESSONS:
+        found = re.search(r"\.(?:lesson(\d\d)|(torch)_suite)$", fn.__module__)
+        if found is None or (found.group(1) or found.group(2)) not in (*LESSONS, SUITE):
             raise ValueError(f"@claim belongs in graphlab_utils/claims/lessonNN.py, not in {fn.__module__}")
         if fn.__name__ in CLAIMS:
             raise ValueError(f"a claim named {fn.__name__!r} is already registered (lesson {CLAIMS[fn.__name__].lesson})")
-        CLAIMS[fn.__name__] = Claim(fn.__name__, found.group(1), statement, fn, dict(expected), isolated, spawns)
+        CLAIMS[fn.__name__] = Claim(fn.__name__, found.group(1) or found.group(2), statement, fn, dict(expected), isolated, spawns)
         return fn
 
     return wrap
@@ -200,3 +202,4 @@ def run(name: str, device=None) -> ClaimResult:
 for _lesson in LESSONS:
     importlib.import_module(f"{__name__}.lesson{_lesson}")
 del _lesson
+importlib.import_module(f"{__name__}.torch_suite")

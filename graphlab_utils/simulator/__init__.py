@@ -1,8 +1,10 @@
 """A CPU simulator of PyTorch's CUDA graph API, switched on by `graphlab_utils.setup()`.
 
 Like Numba's CUDA simulator, it mirrors the real names so learner code does not change:
-`install()` puts simulated `CUDAGraph`, `graph`, `Stream`, `Event`, ... into `torch.cuda`
-and enters a dispatch mode that sees every aten op. Tensors live on the CPU.
+`install()` puts simulated `CUDAGraph`, `graph`, `Stream`, `Event`, ... into `torch.cuda`,
+the rest of the runtime around graphs (random generators, memory statistics, pinned memory,
+capturable optimizers, AMP: `runtime.py`) into `torch`, and enters a dispatch mode that sees
+every aten op. Tensors live on the CPU.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 
 from . import graphs as _graphs
 from . import memory as _memory
+from . import runtime as _runtime
 from . import streams as _streams
 from .clock import CLOCK
 from .errors import SimulatorWarning, error_name_in
@@ -17,27 +20,6 @@ from .errors import SimulatorWarning, error_name_in
 __all__ = ["install", "uninstall", "is_installed", "SimulatorWarning", "error_name_in", "CLOCK"]
 
 _state: dict = {"mode": None, "saved": {}}
-
-
-def _sim_empty_cache() -> None:
-    _memory.ALLOCATOR.empty_cache()
-
-
-def _memory_allocated(device=None) -> int:
-    return _memory.ALLOCATOR.allocated_bytes()
-
-
-def _memory_reserved(device=None) -> int:
-    return _memory.ALLOCATOR.reserved_bytes()
-
-
-def _max_memory_allocated(device=None) -> int:
-    _memory.ALLOCATOR.allocated_bytes()
-    return _memory.ALLOCATOR.peak_allocated
-
-
-def _reset_peak_memory_stats(device=None) -> None:
-    _memory.ALLOCATOR.peak_allocated = _memory.ALLOCATOR.allocated_bytes()
 
 
 def _cuda_names() -> dict:
@@ -54,11 +36,6 @@ def _cuda_names() -> dict:
         "default_stream": _streams.default_stream,
         "set_stream": _streams.set_stream,
         "Event": _streams.Event,
-        "empty_cache": _sim_empty_cache,
-        "memory_allocated": _memory_allocated,
-        "memory_reserved": _memory_reserved,
-        "max_memory_allocated": _max_memory_allocated,
-        "reset_peak_memory_stats": _reset_peak_memory_stats,
     }
 
 
@@ -114,6 +91,8 @@ def install() -> None:
     _graphs._rng["poisoned"] = False
     _graphs.Capture.live.clear()
     _memory.ALLOCATOR.reset()
+    _memory.PINNED.reset()
+    _runtime.install()
     from .mode import _cublas
 
     _cublas["ready"] = False
@@ -127,6 +106,7 @@ def uninstall() -> None:
     if not is_installed():
         return
     _state["mode"].__exit__(None, None, None)
+    _runtime.uninstall()
     for (where, name), value in _state["saved"].items():
         target = {"cuda": torch.cuda, "graphs": torch.cuda.graphs, "tensor": torch.Tensor}[where]
         if value is None:

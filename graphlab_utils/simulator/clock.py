@@ -83,8 +83,11 @@ class SimClock:
             self.stream_ready_us[stream_id] = start + kernel_us
             self._span(f"stream {stream_id}", name, start, start + kernel_us)
 
-    def launch_graph(self, stream_id: int, critical_path_us: float, node_spans=()) -> None:
-        """One replay: one host launch, then the nodes (name, start, end offsets) on the device."""
+    def launch_graph(self, stream_id: int, critical_path_us: float, node_spans=()) -> float:
+        """One replay: one host launch, then the nodes (name, start, end offsets) on the device.
+
+        Returns the device time at which the replay starts.
+        """
         with self.lock:
             m = cost_model()
             t0 = self.host_us
@@ -94,6 +97,7 @@ class SimClock:
             self.stream_ready_us[stream_id] = start + critical_path_us
             for name, a, b in node_spans:
                 self._span(f"stream {stream_id}", name, start + a, start + b)
+            return start
 
     def stream_waits(self, waiter_id: int, until_us: float) -> None:
         with self.lock:

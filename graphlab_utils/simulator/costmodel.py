@@ -122,6 +122,7 @@ class CostModel:
     # Optional device-time floors of library kernels (0 = not calibrated: kernel_min_us applies)
     matmul_min_us: float = 0.0  # device time of the smallest matrix product (cuBLAS)
     conv_min_us: float = 0.0  # device time of the smallest convolution (cuDNN)
+    gpu_memory_gib: float = 0.0  # the GPU's memory as PyTorch reports it (0 = not recorded: no limit)
 
     # -- derived costs -------------------------------------------------------------
     def kernel_us(self, bytes_moved: int, flops: float, func: Any = None) -> float:
@@ -195,7 +196,7 @@ OPTIONAL_CONSTANTS = {
 CONSTANT_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(CostModel)
-    if f.name not in _META_FIELDS and f.name != "source" and f.name not in OPTIONAL_CONSTANTS
+    if f.name not in _META_FIELDS and f.name not in ("source", "gpu_memory_gib") and f.name not in OPTIONAL_CONSTANTS
 )
 
 # -- loading ---------------------------------------------------------------------------
@@ -238,6 +239,9 @@ def model_from_dict(data: Any, where: str = "calibration data") -> CostModel:
             " (bandwidth and matmul rate positive)."
         )
     values["source"] = str(data.get("source", ""))
+    memory = data.get("gpu_memory_gib", 0.0)
+    if not isinstance(memory, bool) and isinstance(memory, (int, float)) and math.isfinite(memory) and memory > 0:
+        values["gpu_memory_gib"] = float(memory)
     return CostModel(**values)
 
 

@@ -9,7 +9,7 @@ import enum
 
 from .graphs import HANDLES, Node, SimGraphExec, SimGraphTemplate, write_dot
 from .clock import CLOCK, cost_model
-from .errors import ERROR_STRINGS, cudaError_t
+from .errors import ERROR_STRINGS, NotSimulatedError, cudaError_t
 
 __all__ = [
     "cudaError_t",
@@ -17,6 +17,9 @@ __all__ = [
     "cudaGraphExecUpdateResult",
     "cudaGraphExecUpdateResultInfo",
     "cudaGraphNode_t",
+    "cudaGraph_t",
+    "cudaGraphExec_t",
+    "cudaGraphExecGetFlags",
     "cudaGraphGetNodes",
     "cudaGraphNodeGetType",
     "cudaGraphDebugDotPrint",
@@ -87,6 +90,36 @@ class cudaGraphNode_t:
         return self._graph.nodes[self._index]
 
 
+class _Handle:
+    """An opaque handle as cuda-python wraps one: built from the raw pointer, read back with int()."""
+
+    def __init__(self, init_value=0, _ptr=None):
+        self._ptr = int(init_value)
+
+    def __int__(self) -> int:
+        return self._ptr
+
+    def getPtr(self) -> int:
+        return self._ptr
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and int(other) == self._ptr
+
+    def __hash__(self) -> int:
+        return self._ptr
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._ptr:#x}>"
+
+
+class cudaGraph_t(_Handle):
+    """``cudaGraph_t(init_value=graph.raw_cuda_graph())``."""
+
+
+class cudaGraphExec_t(_Handle):
+    """``cudaGraphExec_t(init_value=graph.raw_cuda_graph_exec())``."""
+
+
 class cudaGraphExecUpdateResultInfo:
     def __init__(self, result: cudaGraphExecUpdateResult, error_node=None, error_from_node=None):
         self.result = result
@@ -100,6 +133,14 @@ class cudaGraphExecUpdateResultInfo:
 def _lookup(handle, kind):
     obj = HANDLES.get(int(handle)) if not isinstance(handle, kind) else handle
     return obj if isinstance(obj, kind) else None
+
+
+def cudaGraphExecGetFlags(graphExec):
+    """The flags the graph was instantiated with (PyTorch instantiates with none)."""
+    exe = _lookup(graphExec, SimGraphExec)
+    if exe is None:
+        return (cudaError_t.cudaErrorInvalidValue, None)
+    return (cudaError_t.cudaSuccess, exe.flags)
 
 
 def cudaGraphGetNodes(graph, numNodes: int = 0):
@@ -161,3 +202,15 @@ def cudaGetErrorName(error):
 
 def cudaGetErrorString(error):
     return (cudaError_t.cudaSuccess, ERROR_STRINGS.get(cudaError_t(int(error)), "unknown error").encode())
+
+
+class NotSimulatedAttributeError(NotSimulatedError, AttributeError):
+    """A runtime function the twin does not have."""
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise NotSimulatedAttributeError(
+        f"[graphlab simulator] cudart.{name} is not simulated: the twin has {', '.join(__all__)}; "
+        "run this on a GPU for the rest of NVIDIA's runtime.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from graphlab_utils.errors import ERROR_STRINGS, cudaError_t, error_name_in  # noqa: F401 (re-exported)
+from graphlab_utils.errors import ERROR_STRINGS, GraphlabError, cudaError_t, error_name_in  # noqa: F401 (re-exported)
 
 
 # The line PyTorch's C10_CUDA_CHECK appends after the error string.
@@ -29,3 +29,14 @@ def cuda_error(code: cudaError_t, why: str) -> torch.AcceleratorError:
     """The exception PyTorch raises on a GPU for `code`, plus the course's explanation."""
     text = f"CUDA error: {ERROR_STRINGS[code]}\n{_TORCH_TAIL}\n[graphlab simulator] {why}"
     return torch.AcceleratorError(text)
+
+
+class NotSimulatedError(GraphlabError, RuntimeError):
+    """Something a GPU does that the simulator does not model; the message names it."""
+
+
+def not_simulated(what: str) -> NotSimulatedError:
+    """The one sentence for a feature the simulator leaves out (docs/ARCHITECTURE.md lists them)."""
+    return NotSimulatedError(
+        f"[graphlab simulator] {what} is not simulated: run this on a GPU "
+        "(docs/ARCHITECTURE.md lists what the simulator leaves out).")

@@ -6,12 +6,17 @@ Instantiating copies the nodes into an executable graph; replay runs that copy's
 on whatever bytes the blocks hold now. Everything the lessons show follows from that:
 `copy_` into a static input is seen, rebinding a name is not, a freed block's new occupant
 is read, Python control flow ran once, and outputs are overwritten by each replay.
+
+Random ops draw at replay from the generator states registered with the graph (`rng.py`);
+graph-safe reads and writes of a generator's state during capture, and events recorded with
+`external=True`, become steps of the replay that are not kernel nodes (`Capture.hooks`).
 """
 from __future__ import annotations
 
 import itertools
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,14 +24,15 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
+from . import rng as _rngs
 from .clock import CLOCK, cost_model
-from .errors import RNG_POISONED, SimulatorWarning, cudaError_t, cuda_error
+from .errors import RNG_POISONED, SimulatorWarning, cudaError_t, cuda_error, not_simulated
 from .memory import ALLOCATOR, Pool
 from .streams import DEFAULT_STREAM, Stream, current_stream
 
 STATE = threading.local()
 _graph_ids = itertools.count(1)
-HANDLES: dict[int, object] = {}  # raw handle (int) -> SimGraphTemplate / SimGraphExec, for cudart
+HANDLES = weakref.WeakValueDictionary()  # raw handle (int) -> SimGraphTemplate / SimGraphExec, for cudart
 _rng = {"poisoned": False}
 
 
@@ -104,6 +110,7 @@ class Node:
     deps: list
     kernel_us: float
     kind: str = "kernel"  # kernel | memcpy | memset
+    rng: object = None  # the generator state a random op draws from (rng.GeneratorState)
 
     @property
     def name(self) -> str:
@@ -111,12 +118,22 @@ class Node:
 
     def run(self) -> None:
         result = self.func(*_unbind(self.args), **{k: _unbind(v) for k, v in self.kwargs.items()})
-        if self.mutating:
-            return
+        if self.rng is not None:
+            self.rng.offset += 1
+        if not any(ref is not None for ref in self.outputs):
+            return  # an in-place op: it wrote through its arguments
         results, _ = tree_flatten(result)
         for ref, value in zip(self.outputs, results):
             if ref is not None and isinstance(value, torch.Tensor):
                 ref.tensor().copy_(value)
+
+
+@dataclass
+class Hook:
+    """A step of a replay that is not a node: it runs before node ``position`` (after the last if none)."""
+
+    position: int
+    run: object  # run(exec_start_us, finish_us_by_node) -> None
 
 
 def schedule(nodes: list[Node]) -> tuple[float, list]:
@@ -140,6 +157,7 @@ class Capture:
     def __init__(self, graph: "CUDAGraph", origin: Stream, mode: str, pool: Pool):
         self.graph, self.origin, self.mode, self.pool = graph, origin, mode, pool
         self.nodes: list[Node] = []
+        self.hooks: list[Hook] = []
         self.streams: list[Stream] = []
         self.invalid: str | None = None
         self.active = True
@@ -160,6 +178,10 @@ class Capture:
         CLOCK.host_work(cost_model().capture_op_us(node.func))
         return node
 
+    def add_hook(self, run, stream: Stream | None = None) -> None:
+        """A replay step at this point of the capture; ``run(start_us, finish)`` sees the replay's timing."""
+        self.hooks.append(Hook(len(self.nodes), run))
+
     def invalidate(self, why: str) -> None:
         if self.invalid is None:
             self.invalid = why
@@ -173,6 +195,7 @@ class Capture:
         for s in self.streams:
             s.capture, s.frontier = None, []
         Capture.live.discard(self)
+        self.graph = None  # events recorded in the capture keep it; they must not keep the graph
 
     def unjoined_streams(self) -> list[Stream]:
         reach = set()
@@ -235,8 +258,9 @@ def refuse_malloc(what: str) -> None:
 class SimGraphTemplate:
     """What cudaStreamEndCapture returns (cudaGraph_t): the recorded nodes."""
 
-    def __init__(self, nodes: list[Node]):
+    def __init__(self, nodes: list[Node], hooks: list | None = None):
         self.nodes = nodes
+        self.hooks = list(hooks or [])
         self.handle = 0x7F0000000000 + next(_graph_ids) * 0x100
         HANDLES[self.handle] = self
 
@@ -244,23 +268,35 @@ class SimGraphTemplate:
 class SimGraphExec:
     """What cudaGraphInstantiate returns (cudaGraphExec_t): its own copy of the nodes' arguments."""
 
+    # PyTorch's CUDAGraph::instantiate: cudaGraphInstantiateFlagAutoFreeOnLaunch | cudaGraphInstantiateFlagUseNodePriority
+    flags = 1 | 8
+
     def __init__(self, template: SimGraphTemplate):
         self.nodes = [Node(**{**n.__dict__}) for n in template.nodes]
+        self.hooks = list(template.hooks)
         self.path_us, self.spans = schedule(self.nodes)
         self.handle = 0x7E0000000000 + next(_graph_ids) * 0x100
         HANDLES[self.handle] = self
 
+
     def adopt_parameters(self, template: SimGraphTemplate) -> None:
         """cudaGraphExecUpdate: every node takes the other graph's kernel and arguments."""
         for mine, theirs in zip(self.nodes, template.nodes):
-            for name in ("func", "args", "kwargs", "outputs", "mutating", "kernel_us"):
+            for name in ("func", "args", "kwargs", "outputs", "mutating", "kernel_us", "rng"):
                 setattr(mine, name, getattr(theirs, name))
+        self.hooks = list(template.hooks)
         self.path_us, self.spans = schedule(self.nodes)
 
-    def run(self) -> None:
+    def run(self, start_us: float = 0.0) -> None:
+        finish = {i: end for i, (_, _, end) in enumerate(self.spans)}
+        hooks = sorted(self.hooks, key=lambda h: h.position)
         with _disable_current_modes():
             for node in self.nodes:
+                while hooks and hooks[0].position <= node.index:
+                    hooks.pop(0).run(start_us, finish)
                 node.run()
+            for hook in hooks:
+                hook.run(start_us, finish)
 
 
 class CUDAGraph:
@@ -273,6 +309,7 @@ class CUDAGraph:
         self._exec: SimGraphExec | None = None
         self._pool: Pool | None = None
         self._debug = False
+        self._generator_states: list = []  # the generator states registered with this graph
 
     # -- capture --------------------------------------------------------------------------
     def capture_begin(self, pool=None, capture_error_mode: str = "global", **kwargs) -> None:
@@ -293,6 +330,7 @@ class CUDAGraph:
             )
         if s.capture is not None:
             raise cuda_error(cudaError_t.cudaErrorIllegalState, "this stream is already capturing; end that capture first (lesson 01).")
+        self.register_generator_state(_rngs.default_device_generator())  # capture_begin registers the default generator
         handle = tuple(pool) if pool is not None else ALLOCATOR.new_pool_handle()
         self._pool = ALLOCATOR.pool(handle)
         self._pool.users += 1
@@ -328,7 +366,7 @@ class CUDAGraph:
                 UserWarning,
                 stacklevel=2,
             )
-        self._template = SimGraphTemplate(cap.nodes)
+        self._template = SimGraphTemplate(cap.nodes, cap.hooks)
         if not self.keep_graph:
             self._instantiate()
 
@@ -353,9 +391,9 @@ class CUDAGraph:
             self._instantiate()
         s = current_stream()
         if s.capture is not None:
-            raise RuntimeError("[graphlab simulator] replaying a graph inside another capture (a child graph) is not simulated.")
-        self._exec.run()
-        CLOCK.launch_graph(s.stream_id, self._exec.path_us, self._exec.spans)
+            raise not_simulated("replaying a graph inside another capture (a child graph node)")
+        start = CLOCK.launch_graph(s.stream_id, self._exec.path_us, self._exec.spans)
+        self._exec.run(start)
 
     def reset(self) -> None:
         self._template = self._exec = None
@@ -366,13 +404,18 @@ class CUDAGraph:
 
     def __del__(self):
         try:
+            # The destructor unregisters the generator states, then resets; reset() alone keeps
+            # them, and their seed and offset blocks stay allocated (as in PyTorch 2.11).
+            for state in self._generator_states:
+                state.unregister(id(self))
+            self._generator_states = []
             self.reset()
         except Exception:
             pass
 
     def pool(self):
-        if self._pool is None:
-            raise RuntimeError("[graphlab simulator] this graph has no memory pool: capture it first.")
+        if self._pool is None or self._capture is not None:
+            raise RuntimeError("Called CUDAGraph::pool() without a preceding successful capture.")
         return self._pool.handle
 
     # -- raw handles and debugging ----------------------------------------------------------
@@ -402,8 +445,12 @@ class CUDAGraph:
             return
         write_dot(nodes, debug_path)
 
-    def register_generator_state(self, *args, **kwargs) -> None:
-        """Device RNG is re-drawn on every replay in the simulator; nothing to register."""
+    def register_generator_state(self, generator) -> None:
+        """Let this graph draw from ``generator``'s state (a generator, or a state from graphsafe_get_state)."""
+        state = _rngs.state_of(generator)
+        if state not in self._generator_states:
+            state.register(id(self), current_stream().stream_id)
+            self._generator_states.append(state)
 
     # the simulator's own view, for lessons' pictures and tests
     def sim_nodes(self) -> list[Node]:

@@ -17,12 +17,19 @@ the memory a set of captured graphs holds) are about *which bytes sit at an addr
 A tensor handed out by the allocator owns a storage of its own that aliases its block's
 bytes (a NumPy view of the segment); when the last tensor on that storage dies, the block
 is free, and the next allocation can take it, bytes and all.
+
+It keeps PyTorch's statistics (``torch.cuda.memory_stats()``: allocations, segments, active
+blocks and their bytes, per small and large pool, current, peak, allocated and freed), its
+snapshot (``torch.cuda.memory_snapshot()``), and the GPU's capacity (from the calibration
+file): a request that would reserve more raises PyTorch's out-of-memory error. ``PINNED`` is
+the same model for page-locked host memory (``pin_memory()``), without a capacity.
 """
 from __future__ import annotations
 
 import bisect
 import collections
 import itertools
+import threading
 import weakref
 
 import numpy as np
@@ -68,10 +75,12 @@ class Segment:
 
 
 class Block:
-    __slots__ = ("segment", "offset", "size", "live", "__weakref__")
+    __slots__ = ("segment", "offset", "size", "live", "requested", "stream_uses", "__weakref__")
 
     def __init__(self, segment: Segment, offset: int, size: int):
         self.segment, self.offset, self.size, self.live = segment, offset, size, False
+        self.requested = 0  # the bytes asked for (size is rounded up)
+        self.stream_uses: set = set()  # other streams that used it (Tensor.record_stream)
 
     @property
     def address(self) -> int:
@@ -121,18 +130,118 @@ class Pool:
         return sum(b.size for s in self.segments for b in s.blocks if b.live)
 
 
+# The statistics torch.cuda.memory_stats() reports, each per pool kind and as current / peak /
+# allocated (cumulative increments) / freed (cumulative decrements).
+STATS = ("allocation", "segment", "active", "allocated_bytes", "reserved_bytes", "active_bytes", "requested_bytes")
+POOL_KINDS = ("all", "small_pool", "large_pool")
+
+
+def format_size(nbytes: int) -> str:
+    """Sizes as PyTorch's allocator prints them in its errors."""
+    if nbytes <= 1024:
+        return f"{nbytes} bytes"
+    if nbytes <= 1 << 20:
+        return f"{nbytes / 1024:.2f} KiB"
+    if nbytes <= 1 << 30:
+        return f"{nbytes / (1 << 20):.2f} MiB"
+    return f"{nbytes / (1 << 30):.2f} GiB"
+
+
+class Stats(dict):
+    """``torch.cuda.memory_stats()``: a missing key names what the simulator models."""
+
+    def __missing__(self, key):
+        raise KeyError(
+            f"[graphlab simulator] memory_stats() has no {key!r}: the simulator models "
+            f"{', '.join(STATS)} (each .all/.small_pool/.large_pool and .current/.peak/.allocated/.freed), "
+            "num_ooms and num_device_alloc/num_device_free")
+
+
 class Allocator:
-    def __init__(self) -> None:
+    def __init__(self, capacity=None) -> None:
+        self.capacity = capacity  # bytes the device holds (a callable giving them), None: no limit
         self.default = Pool(handle=(0, 0), private=False)
         self.private: dict[tuple, Pool] = {}
         self._next_id = itertools.count(1)
-        self.peak_allocated = 0
         self.live_by_address: dict[int, Block] = {}  # address of a live block -> block
         self._freed = collections.deque()  # blocks whose last tensor died, merged lazily
+        self._counts = collections.Counter()  # "stat.kind.current|allocated|freed" -> number
+        self._peaks = collections.Counter()  # "stat.kind" -> peak of current
+        self.raw: dict[int, torch.Tensor] = {}  # caching_allocator_alloc: address -> the tensor holding it
+        self.lock = threading.RLock()
+        self.busy = None  # busy(stream_ids) -> bool: may a freed block used by those streams not be reused yet?
+        self._deferred: list = []  # freed blocks that wait for the streams that used them
 
     def reset(self) -> None:
         """Forget every pool and block: the state of a fresh process (tensors alive keep their bytes)."""
-        self.__init__()
+        busy = self.busy
+        self.__init__(self.capacity)
+        self.busy = busy
+
+    # -- statistics ---------------------------------------------------------------------
+    def _count(self, stat: str, small: bool, delta: int) -> None:
+        for kind in ("all", "small_pool" if small else "large_pool"):
+            key = f"{stat}.{kind}"
+            self._counts[key + ".current"] += delta
+            self._counts[key + (".allocated" if delta > 0 else ".freed")] += abs(delta)
+            if self._counts[key + ".current"] > self._peaks[key]:
+                self._peaks[key] = self._counts[key + ".current"]
+
+    def _count_block(self, block: "Block", sign: int, stats=("allocation", "active")) -> None:
+        small = block.small
+        for stat in stats:
+            self._count(stat, small, sign)
+            self._count(f"{stat}_bytes" if stat == "active" else "allocated_bytes", small, sign * block.size)
+        if "allocation" in stats:
+            self._count("requested_bytes", small, sign * block.requested)
+
+    def _count_segment(self, seg: "Segment", sign: int) -> None:
+        small = seg.size == SMALL_BUFFER
+        self._count("segment", small, sign)
+        self._count("reserved_bytes", small, sign * seg.size)
+        self._counts["num_device_alloc" if sign > 0 else "num_device_free"] += 1
+
+    def memory_stats(self) -> dict:
+        """``torch.cuda.memory_stats()``: current, peak, allocated and freed of each statistic."""
+        self._collect()
+        out = Stats()
+        for stat in STATS:
+            for kind in POOL_KINDS:
+                key = f"{stat}.{kind}"
+                for what in ("current", "peak", "allocated", "freed"):
+                    value = self._peaks[key] if what == "peak" else self._counts[f"{key}.{what}"]
+                    out[f"{key}.{what}"] = int(value)
+        for key in ("num_ooms", "num_device_alloc", "num_device_free", "num_alloc_retries"):
+            out[key] = int(self._counts[key])
+        return Stats(sorted(out.items()))
+
+    def reset_peaks(self) -> None:
+        self._collect()
+        for key in list(self._peaks):
+            self._peaks[key] = self._counts[key + ".current"]
+
+    def reset_accumulated(self) -> None:
+        for key in list(self._counts):
+            if key.endswith((".allocated", ".freed")) or key.startswith("num_"):
+                self._counts[key] = 0
+
+    def snapshot(self) -> list:
+        """``torch.cuda.memory_snapshot()``: one dict per segment, with its blocks."""
+        self._collect()
+        out = []
+        for pool in self.pools():
+            for seg in pool.segments:
+                blocks = [{"address": b.address, "size": b.size, "requested_size": b.requested if b.live else 0,
+                           "state": "active_allocated" if b.live else "inactive", "frames": []} for b in seg.blocks]
+                live = [b for b in seg.blocks if b.live]
+                out.append({
+                    "device": 0, "address": seg.address, "total_size": seg.size, "stream": seg.stream_id,
+                    "segment_type": "small" if seg.size == SMALL_BUFFER else "large",
+                    "segment_pool_id": pool.handle, "is_expandable": False, "frames": [],
+                    "allocated_size": sum(b.size for b in live), "active_size": sum(b.size for b in live),
+                    "requested_size": sum(b.requested for b in live), "blocks": blocks,
+                })
+        return out
 
     # -- pools ------------------------------------------------------------------------
     def new_pool_handle(self) -> tuple:
@@ -153,13 +262,32 @@ class Allocator:
         self._freed.append(block)  # called from a finalizer: defer the bookkeeping
 
     def _collect(self) -> None:
-        while self._freed:
-            block = self._freed.popleft()
-            if not block.live:
-                continue
-            block.live = False
-            self.live_by_address.pop(block.address, None)
-            self._merge_and_free(block)
+        with self.lock:
+            while self._freed:
+                block = self._freed.popleft()
+                if not block.live:
+                    continue
+                block.live = False
+                self.live_by_address.pop(block.address, None)
+                if block.stream_uses and self.busy is not None:
+                    # Freed, but another stream used it: it stays active until that stream's work is done.
+                    self._count_block(block, -1, stats=("allocation",))
+                    self._deferred.append(block)
+                    continue
+                self._count_block(block, -1)
+                self._merge_and_free(block)
+            if self._deferred and not self.busy(set().union(*(b.stream_uses for b in self._deferred))):
+                for block in self._deferred:
+                    self._count_block(block, -1, stats=("active",))
+                    block.stream_uses = set()
+                    self._merge_and_free(block)
+                self._deferred = []
+
+    def record_use(self, t: torch.Tensor, stream_id: int) -> None:
+        """``t`` is used on stream ``stream_id``: its block waits for that stream when it is freed."""
+        block = self.block_at(t)
+        if block is not None and block.segment.stream_id != stream_id:
+            block.stream_uses.add(stream_id)
 
     def _merge_and_free(self, block: Block) -> None:
         seg = block.segment
@@ -175,12 +303,15 @@ class Allocator:
                     seg.blocks.remove(other)
         pool.add_free(block)
 
-    def _take(self, size: int, pool: Pool, stream_id: int) -> Block:
+    def _take(self, size: int, pool: Pool, stream_id: int, requested: int | None = None) -> Block:
         self._collect()
         block = pool.best_fit(size, stream_id)
         if block is None:
-            seg = Segment(segment_size(size), pool, stream_id)
+            seg_size = segment_size(size)
+            self._check_capacity(size, seg_size)
+            seg = Segment(seg_size, pool, stream_id)
             pool.segments.append(seg)
+            self._count_segment(seg, +1)
             block = Block(seg, 0, seg.size)
             seg.blocks.append(block)
         else:
@@ -193,8 +324,52 @@ class Allocator:
             block.size = size
             pool.add_free(tail)
         block.live = True
+        block.requested = size if requested is None else requested
+        self._count_block(block, +1)
         self.live_by_address[block.address] = block
         return block
+
+    def limit(self) -> int | None:
+        """The bytes the device holds (None: no limit)."""
+        return self.capacity() if callable(self.capacity) else self.capacity
+
+    def _check_capacity(self, size: int, seg_size: int) -> None:
+        """A new segment beyond the device's memory: free the cached segments, then PyTorch's OOM error."""
+        limit = self.limit()
+        if not limit or self.reserved_bytes() + seg_size <= limit:
+            return
+        self._release_cached()
+        reserved = self.reserved_bytes()
+        if reserved + seg_size <= limit:
+            return
+        self._counts["num_ooms"] += 1
+        allocated = self.allocated_bytes()
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory. Tried to allocate {format_size(size)}. GPU 0 has a total capacity of "
+            f"{format_size(limit)} of which {format_size(max(limit - reserved, 0))} is free. Of the allocated memory "
+            f"{format_size(allocated)} is allocated by PyTorch, and {format_size(reserved - allocated)} is reserved "
+            "by PyTorch but unallocated.\n[graphlab simulator] the device's memory is the calibration GPU's; "
+            "free tensors (and graphs) you no longer need, or make the request smaller.")
+
+    def check_request(self, nbytes: int) -> None:
+        """Raise the out-of-memory error now for a request no segment could hold (before the host allocates it)."""
+        size = round_size(nbytes)
+        with self.lock:
+            self._collect()
+            if self.default.best_fit(size, 0) is None:
+                self._check_capacity(size, segment_size(size))
+
+    # -- raw allocations (torch.cuda.caching_allocator_alloc) ----------------------------------
+    def raw_alloc(self, nbytes: int, stream_id: int = 0) -> int:
+        t = self.empty((max(int(nbytes), 1),), (1,), torch.uint8, self.default, stream_id)
+        address = t.untyped_storage().data_ptr()
+        self.raw[address] = t
+        return address
+
+    def raw_delete(self, address: int) -> None:
+        if self.raw.pop(int(address), None) is None:
+            raise RuntimeError(f"invalid device pointer: {int(address):#x}")
+        self._collect()
 
     def would_grow(self, nbytes: int, pool: Pool, stream_id: int = 0) -> bool:
         """Would this request need a new segment (a cudaMalloc)?"""
@@ -212,8 +387,8 @@ class Allocator:
         elem = torch.empty((), dtype=dtype).element_size()
         extent = 0 if not all(size) else 1 + sum((n - 1) * st for n, st in zip(size, stride))
         nbytes = extent * elem
-        block = self._take(round_size(nbytes), pool, stream_id)
-        self._note_peak()
+        with self.lock:
+            block = self._take(round_size(nbytes), pool, stream_id, nbytes)
         return self._tensor_on(block, nbytes, dtype, tuple(size), tuple(stride))
 
     def adopt(self, t: torch.Tensor, pool: Pool, stream_id: int = 0) -> torch.Tensor:
@@ -229,12 +404,12 @@ class Allocator:
         self._collect()
         return self.live_by_address.get(t.untyped_storage().data_ptr())
 
-    def _note_peak(self) -> None:
-        if len(self.live_by_address) % 64 == 0:
-            self.allocated_bytes()
-
     # -- giving memory back ---------------------------------------------------------------
     def empty_cache(self) -> None:
+        with self.lock:
+            self._release_cached()
+
+    def _release_cached(self) -> None:
         self._collect()
         for pool in self.pools():
             if pool.private and pool.users > 0:
@@ -245,6 +420,7 @@ class Allocator:
                         pool.remove_free(b)
                     seg.released = True
                     pool.segments.remove(seg)
+                    self._count_segment(seg, -1)
             if pool.private and not pool.segments:
                 self.private.pop(pool.handle, None)
 
@@ -252,16 +428,28 @@ class Allocator:
         """A graph using `pool` was reset or deleted; its memory goes back at empty_cache()."""
         pool.users -= 1
 
-    # -- statistics ---------------------------------------------------------------------
+    # -- totals -------------------------------------------------------------------------
     def allocated_bytes(self) -> int:
         self._collect()
-        now = sum(p.allocated_bytes() for p in self.pools())
-        self.peak_allocated = max(self.peak_allocated, now)
-        return now
+        return self._counts["allocated_bytes.all.current"]
 
     def reserved_bytes(self) -> int:
         self._collect()
-        return sum(p.reserved_bytes() for p in self.pools())
+        return self._counts["reserved_bytes.all.current"]
+
+    @property
+    def peak_allocated(self) -> int:
+        self._collect()
+        return self._peaks["allocated_bytes.all"]
 
 
-ALLOCATOR = Allocator()
+def _device_capacity() -> int | None:
+    """The calibration GPU's memory in bytes (None when the calibration file does not record it)."""
+    from .clock import cost_model
+
+    gib = getattr(cost_model(), "gpu_memory_gib", 0.0)
+    return int(gib * (1 << 30)) if gib else None
+
+
+ALLOCATOR = Allocator(capacity=_device_capacity)
+PINNED = Allocator()  # page-locked host memory: pin_memory() and pin_memory=True

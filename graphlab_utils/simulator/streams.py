@@ -3,6 +3,9 @@
 A stream carries its place in a capture: the capture it belongs to (the one it began, or the
 one it joined by waiting on a capturing stream) and its frontier, the last nodes its work
 depends on. That is all CUDA needs to turn fork/join into parallel branches of a graph.
+``stream.is_capturing()`` reads it. An event recorded in a capture joins streams; made with
+``external=True`` it is also recorded by every replay, when the work before it is done, so a
+pair of them times a replay.
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ class Stream:
     def query(self) -> bool:
         return CLOCK.ready_us(self.stream_id) <= CLOCK.host_us
 
+    def is_capturing(self) -> bool:
+        """Whether this stream is recording into a graph now."""
+        return self.capture is not None
+
     def __enter__(self):  # torch.cuda.Stream is usable as a context manager
         self._ctx = stream(self)
         return self._ctx.__enter__()
@@ -121,6 +128,7 @@ class Event:
 
     def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False, external: bool = False):
         self.enable_timing = enable_timing
+        self.external = external
         self.time_us: float | None = None
         self.captured = None  # (capture, frontier) when recorded inside a capture
 
@@ -129,9 +137,15 @@ class Event:
         if stream.capture is not None:
             self.captured = (stream.capture, list(stream.frontier))
             self.time_us = None
+            if self.external:  # an event-record node: each replay records it when its dependencies finish
+                frontier = list(stream.frontier)
+                stream.capture.add_hook(lambda start, finish: self._replayed(start, finish, frontier))
         else:
             self.captured = None
             self.time_us = CLOCK.event_time_us(stream.stream_id)
+
+    def _replayed(self, start_us: float, finish: dict, frontier: list) -> None:
+        self.time_us = start_us + max((finish.get(i, 0.0) for i in frontier), default=0.0)
 
     def wait(self, stream: Stream | None = None) -> None:
         stream = current_stream() if stream is None else stream
