@@ -13,7 +13,8 @@ import pytest
 pytestmark = pytest.mark.usefixtures("sim")
 
 HANG_S = 2.0
-MARGIN_S = 15.0  # starting two ranks (the first launch starts the fork server) and stopping them
+STOP_S = 3.0  # from the deadline to every rank stopped and reaped
+MARGIN_S = 60.0  # the whole call: starting the ranks (the first launch also starts the fork server) and more
 
 
 def launch(fn, *args, **kwargs):
@@ -389,6 +390,7 @@ def test_a_rank_that_raises_is_reported_and_its_peers_are_stopped_soon_after():
     result = launch(raises_on_rank_1, timeout=600, after_error=1.0)
     took = time.monotonic() - start
     assert took < 1.0 + MARGIN_S, f"the launch took {took:.1f} s"
+    assert result.seconds < 1.0 + STOP_S, f"the ranks ran {result.seconds:.1f} s after they joined"
     assert result.errors[1].type == "ValueError" and result.errors[1].message == "rank 1 gives up"
     assert result.running == [0] and result.hung
     assert str(result).startswith("rank 1 raised ValueError: rank 1 gives up; hang:")
@@ -397,6 +399,7 @@ def test_a_rank_that_raises_is_reported_and_its_peers_are_stopped_soon_after():
 def test_a_hang_is_bounded_by_the_timeout_and_said_in_one_sentence():
     result, took = bounded(sleeps_forever)
     assert took < HANG_S + MARGIN_S, f"the launch took {took:.1f} s"
+    assert result.seconds < HANG_S + STOP_S, f"the ranks ran {result.seconds:.1f} s after they joined"
     assert result.hung and not result.ok and result.running == [0, 1]
     assert str(result) == (f"hang: not every rank finished within {HANG_S:g} s, so the launcher stopped them all")
     assert result.status().splitlines() == ["rank 0: still running when the launcher stopped it",
@@ -478,6 +481,7 @@ def test_one_rank_capturing_while_the_other_runs_eagerly_hangs_within_the_bound(
     result, took = bounded(rank_0_captures_alone)
     assert result.hung and result.running == [0, 1] and not result.errors
     assert took < HANG_S + MARGIN_S, f"the launch took {took:.1f} s"
+    assert result.seconds < HANG_S + STOP_S, f"the ranks ran {result.seconds:.1f} s after they joined"
     assert "replayed from a graph" in result.waiting[0] and "eager" in result.waiting[1]
 
 
@@ -485,6 +489,7 @@ def test_ranks_capturing_different_sizes_hang_within_the_bound_and_deciding_toge
     result, took = bounded(buckets_chosen, False)
     assert result.hung and result.running == [0, 1]
     assert took < HANG_S + MARGIN_S, f"the launch took {took:.1f} s"
+    assert result.seconds < HANG_S + STOP_S, f"the ranks ran {result.seconds:.1f} s after they joined"
     assert "256 elements" in result.waiting[0] and "512 elements" in result.waiting[0]
     assert launch(buckets_chosen, True).values == [8, 8]
 
@@ -493,6 +498,7 @@ def test_destroying_the_group_under_a_live_graph_hangs_within_the_bound_and_rese
     result, took = bounded(teardown, False)
     assert result.hung and result.running == [0, 1]
     assert took < HANG_S + MARGIN_S, f"the launch took {took:.1f} s"
+    assert result.seconds < HANG_S + STOP_S, f"the ranks ran {result.seconds:.1f} s after they joined"
     assert "destroy_process_group() waits" in result.waiting[0]
     assert launch(teardown, True).values == [False, False]
 

@@ -86,7 +86,7 @@ class Launch:
     outputs: list = field(default_factory=list)  # what each rank printed
     waiting: dict = field(default_factory=dict)  # rank -> what it waits for, where the simulator knows
     hung: bool = False  # some rank was still running at the deadline: every rank was stopped
-    seconds: float = 0.0  # from the moment every rank had joined to the end
+    seconds: float = 0.0  # from the moment every rank had joined until every rank was stopped
 
     @property
     def ok(self) -> bool:
@@ -217,7 +217,7 @@ def launch(fn: Callable[..., Any], *args: Any, world_size: int | None = None, ti
             child_end.close()
             procs.append(proc)
             conns.append(parent_end)
-        _supervise(result, procs, conns, timeout, after_error, workdir)
+        joined = _supervise(result, procs, conns, timeout, after_error, workdir)
     finally:
         for conn in conns:
             try:
@@ -232,6 +232,7 @@ def launch(fn: Callable[..., Any], *args: Any, world_size: int | None = None, ti
         for conn in conns:
             conn.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    result.seconds = time.monotonic() - joined  # every rank stopped and reaped
     if echo:
         for rank, text in enumerate(result.outputs):
             for line in text.rstrip("\n").splitlines() if text.strip() else []:
@@ -239,7 +240,8 @@ def launch(fn: Callable[..., Any], *args: Any, world_size: int | None = None, ti
     return result
 
 
-def _supervise(result: Launch, procs: list, conns: list, timeout: float, after_error: float, workdir: str) -> None:
+def _supervise(result: Launch, procs: list, conns: list, timeout: float, after_error: float, workdir: str) -> float:
+    """Collect what the ranks send until each has ended or the deadline; the time every rank had joined."""
     world = len(procs)
     ready = [False] * world
     done = [False] * world  # reported an outcome or died
@@ -283,7 +285,6 @@ def _supervise(result: Launch, procs: list, conns: list, timeout: float, after_e
             elif kind == "failed":  # could not start or join the group
                 done[rank] = True
                 result.died[rank] = body
-    result.seconds = time.monotonic() - started if started is not None else 0.0
     if not all(done):
         if started is None:
             for proc in procs:
@@ -298,6 +299,7 @@ def _supervise(result: Launch, procs: list, conns: list, timeout: float, after_e
     if result.died and not result.errors and started is None:
         rank = min(result.died)
         raise LaunchError(f"rank {rank} could not start: {result.died[rank]}")
+    return started if started is not None else time.monotonic()
 
 
 def _death(exitcode, log_path: str) -> str:
