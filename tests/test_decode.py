@@ -306,3 +306,21 @@ def test_benchmark_runs_on_the_simulator_and_writes_its_report(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "Command: `python benchmarks/decode.py --sim-only" in text and "modelled" in text
     assert (tmp_path / "throughput.png").stat().st_size > 0
+
+
+def test_reduce_overhead_skips_a_mutated_pool_and_graphs_a_static_one(dec, model, sim):
+    """CUDA graph trees (the simulator's model of them) refuse a step that writes the pool in place,
+    unless the pool's tensors are marked as static addresses."""
+    kv = dec.KVPool(dec.SIM_CONFIG, 64, sim.device)
+    w = dec.SIM_CONFIG.max_context
+    batch = dec.make_batch([3, 4], [2, 2], [3, 3], [3, 6], [[1, 2, 3] + [0] * (w - 3), [4, 5, 6] + [0] * (w - 3)],
+                           sim.device)
+    want = model.decode(kv, batch).tolist()
+    for static_pool, graphed in ((False, False), (True, True)):
+        torch._dynamo.reset()
+        before = dec.runner.cudagraph_skips()
+        compiled = dec.runner.compiled_decode(model, kv, static_pool=static_pool)
+        for _ in range(3):
+            out = compiled(batch)
+        assert (dec.runner.cudagraph_skips() == before) is graphed
+        assert out.tolist() == want

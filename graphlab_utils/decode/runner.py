@@ -227,28 +227,37 @@ COMPILE_SKIPPED = "torch.compile(mode=\"reduce-overhead\"): skipped on the simul
 
 
 def compiled_decode(model, kv, *, static_pool: bool):
-    """The decode step through ``torch.compile(mode="reduce-overhead")`` (PyTorch's CUDA graph trees); a GPU only.
+    """The decode step through ``torch.compile(mode="reduce-overhead")`` (PyTorch's CUDA graph trees).
 
-    The step writes the KV pool in place. To CUDA graph trees the pool's tensors are inputs of the
-    compiled step, and an input written in place makes them skip graphing the step ("skipping
-    cudagraphs due to mutated inputs"): every call then runs eagerly, through compiled kernels.
+    The compiled function takes the KV pool's tensors as inputs, with the batch, and writes them in
+    place. CUDA graph trees refuse to graph a function that writes an input in place ("skipping
+    cudagraphs due to mutated inputs"): every call then runs the compiled kernels without a graph.
     ``static_pool=True`` marks the pool's tensors as static addresses
-    (``torch._dynamo.mark_static_address``), as parameters are: their addresses are then part of
-    the recorded graph, and writing them in place is allowed.
+    (``torch._dynamo.mark_static_address``), as parameters are: their addresses become part of the
+    recorded graph, and writing them in place is allowed. On the simulator, its model of CUDA
+    graph trees (``simulator/compile.py``) follows the same rules.
     """
     if static_pool:
         torch._dynamo.mark_static_address(kv.k)
         torch._dynamo.mark_static_address(kv.v)
 
-    def step(tokens, positions, seq_lens, out_slots, table):
-        return model.decode(kv, DecodeBatch(tokens, positions, seq_lens, out_slots, table))
+    def step(k, v, tokens, positions, seq_lens, out_slots, table):
+        pool = _PoolView(k, v)
+        return model.decode(pool, DecodeBatch(tokens, positions, seq_lens, out_slots, table))
 
     compiled = torch.compile(step, mode="reduce-overhead")
 
     def call(batch: DecodeBatch):
-        return compiled(*(getattr(batch, f) for f in DecodeBatch.FIELDS)).clone()
+        return compiled(kv.k, kv.v, *(getattr(batch, f) for f in DecodeBatch.FIELDS)).clone()
 
     return call
+
+
+class _PoolView:
+    """The two tensors of a KV pool, as the model reads them."""
+
+    def __init__(self, k, v):
+        self.k, self.v = k, v
 
 
 def cudagraph_skips() -> int:

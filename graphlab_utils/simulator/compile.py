@@ -632,7 +632,8 @@ class CompiledFunction:
         if unit.skip is not None:
             return invocation.call(self.fn)
         static = set(self._static_storages()) | {
-            leaf.untyped_storage().data_ptr() for leaf in invocation.leaves if isinstance(leaf, torch.nn.Parameter)}
+            leaf.untyped_storage().data_ptr() for leaf in invocation.leaves  # parameters, and mark_static_address
+            if isinstance(leaf, torch.nn.Parameter) or getattr(leaf, "_dynamo_static_input_type", None) is not None}
         findings = _Findings()
         tree.end_stale_path()
         with _analysing(findings, invocation.storages(), static):
