@@ -118,3 +118,38 @@ def test_uninstall_gives_pytorch_its_names_back(sim):
     finally:
         simulator.install()
     assert torch.Generator is simulated[0]
+
+
+def test_eager_random_numbers_are_the_cpu_generators_own(sim):
+    """The device generator's first state draws with torch.default_generator: seeded lessons print the same numbers."""
+    from graphlab_utils import simulator
+
+    torch.manual_seed(3)
+    simulated = (torch.randn(5, device=sim.device), torch.nn.functional.dropout(torch.ones(8), 0.5))
+    simulator.uninstall()
+    try:
+        torch.manual_seed(3)
+        plain = (torch.randn(5), torch.nn.functional.dropout(torch.ones(8), 0.5))
+    finally:
+        simulator.install()
+    assert all(torch.equal(a, b) for a, b in zip(simulated, plain))
+
+
+def test_a_worker_thread_captures_like_the_main_one(sim):
+    import threading
+
+    seen = {}
+
+    def work():
+        x = torch.ones(4, device=sim.device)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = x * 2
+        x.fill_(3.0)
+        g.replay()
+        seen.update(nodes=len(g.sim_nodes()), result=y.tolist())
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen == {"nodes": 1, "result": [6.0] * 4}
