@@ -99,12 +99,24 @@ def install() -> None:
     mode = SimMode()
     mode.__enter__()
     _state.update(mode=mode, saved=saved)
+    from . import compile as _compile
+
+    _compile.install()  # torch.compile(mode="reduce-overhead"): a model of CUDAGraph Trees
+    from . import distributed as _distributed
+
+    _distributed.install()  # torch.distributed's collectives: captured as graph nodes, as NCCL does
 
 
 def uninstall() -> None:
     """Switch the simulator off and give `torch.cuda` and `torch.Tensor` their own names back."""
     if not is_installed():
         return
+    from . import compile as _compile
+
+    _compile.uninstall()  # its dispatch mode, if any, leaves before the simulator's
+    from . import distributed as _distributed
+
+    _distributed.uninstall()
     _state["mode"].__exit__(None, None, None)
     _runtime.uninstall()
     for (where, name), value in _state["saved"].items():
