@@ -304,6 +304,7 @@ def _switch_setup(seed: int):
     warm_up(work, 1)
     graph, out = _capture(work)
     graph.instantiate()
+    graph.replay()  # in use: its first launch, which uploads it, is behind it
     new_x = seeded_randn(seed + 1, NUMEL, device=_device())
     made = []
 

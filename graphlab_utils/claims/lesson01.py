@@ -26,8 +26,9 @@ def capture_records_nothing(device):
             "result ready after one replay": close(y, torch.sin(x) * 2 + 1)}
 
 
-@claim("instantiate is a one-off cost far above a replay; a replay beats an eager pass", {
+@claim("instantiate is a one-off cost far above a replay, and PyTorch's capture costs more still; a replay beats an eager pass", {
     "capture costs more than one replay": True,
+    "capture costs more host time than instantiate": True,
     "instantiate costs more than one replay": True,
     "a replay costs less than an eager pass": True})
 def phases_cost(device):
@@ -48,6 +49,7 @@ def phases_cost(device):
     t_replay = timing.measure(g.replay, repeat=5)
     t_eager = timing.measure(fn, repeat=5)
     return {"capture costs more than one replay": t_capture.ms > t_replay.ms,
+            "capture costs more host time than instantiate": t_capture.ms > t_instantiate.ms,
             "instantiate costs more than one replay": t_instantiate.ms > t_replay.ms,
             "a replay costs less than an eager pass": t_replay.ms < t_eager.ms}
 
@@ -72,6 +74,41 @@ def warmup_first_request(device):
     t_build = timing.measure_host(build)
     t_replay = timing.measure(graphs[0].replay, repeat=5)
     return {"building the graph costs more than 10 replays": t_build.ms > 10 * t_replay.ms}
+
+
+@claim("the first launch of a fresh graph uploads it and costs more; a warm replay or cudaGraphUpload pays that before traffic", {
+    "a fresh graph's first replay costs more than a later replay": True,
+    "after one warm replay, the next replay costs less than a fresh graph's first": True,
+    "after cudaGraphUpload, the first replay costs less than a fresh graph's first": True})
+def first_launch_uploads(device):
+    import statistics
+
+    import torch
+
+    from graphlab_utils import cudart, timing, workloads
+
+    fn, _ = workloads.chain(200, device)
+    warm_up(fn)
+    stream = torch.cuda.current_stream().cuda_stream
+
+    def first_and_later(prepare, graphs=5):
+        """Medians over fresh graphs: the first replay after prepare(g), and the replays after it."""
+        firsts, laters = [], []
+        for _ in range(graphs):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn()
+            prepare(g)
+            firsts.append(timing.measure_host(g.replay).ms)
+            laters.append(timing.measure_host(g.replay, repeat=5).ms)
+        return statistics.median(firsts), statistics.median(laters)
+
+    fresh = first_and_later(lambda g: None)
+    warm = first_and_later(lambda g: g.replay())
+    uploaded = first_and_later(lambda g: cudart.check(cudart.cudaGraphUpload(g.raw_cuda_graph_exec(), stream)))
+    return {"a fresh graph's first replay costs more than a later replay": fresh[0] > fresh[1],
+            "after one warm replay, the next replay costs less than a fresh graph's first": warm[0] < fresh[0],
+            "after cudaGraphUpload, the first replay costs less than a fresh graph's first": uploaded[0] < fresh[0]}
 
 
 @claim("a graph speeds up many tiny kernels far more than one large kernel", {

@@ -87,7 +87,7 @@ def fork_join_branches(device):
             "inputs of the join node": st.max_in_degree, "result correct": close(out, x * 2 + x + 1)}
 
 
-@claim("work on a stream never forked from the capture fails the capture", {
+@claim("work on a stream never forked that needs new memory fails a global capture (its cudaMalloc is refused)", {
     RAISED: "AcceleratorError", CUDA_ERROR: "cudaErrorStreamCaptureInvalidated",
     FIRST_ERROR: "cudaErrorStreamCaptureUnsupported"}, isolated=True)
 def unforked_stream_fails(device):
@@ -104,6 +104,33 @@ def unforked_stream_fails(device):
         return {RAISED: None}
     except Exception as exc:  # noqa: BLE001 - the error is the outcome
         return error_verdicts(exc)
+
+
+@claim("work on a stream never forked, its output preallocated, runs once and is missing from the graph, even in global mode", {
+    "the capture succeeded": True, "nodes in the graph": 1, "z computed during the capture": True,
+    "y follows a new x after a replay": True, "z follows a new x after a replay": False})
+def unforked_stream_silent(device):
+    import torch
+
+    from graphlab_utils import graphinfo
+
+    x = torch.randn(1 << 16, device=device)
+    z = torch.empty_like(x)  # allocated before the capture: the unforked work needs no new memory
+    other = torch.cuda.Stream()
+    g = torch.cuda.CUDAGraph(keep_graph=True)
+    with torch.cuda.graph(g):  # global mode, the default
+        y = x * 2
+        with torch.cuda.stream(other):  # never forked from the capturing stream
+            torch.add(x, 1, out=z)
+    torch.cuda.synchronize()
+    computed = torch.equal(z, x + 1)
+    x.fill_(0.0)
+    g.replay()
+    torch.cuda.synchronize()
+    return {"the capture succeeded": True, "nodes in the graph": graphinfo.node_count(g),
+            "z computed during the capture": computed,
+            "y follows a new x after a replay": torch.equal(y, x * 2),
+            "z follows a new x after a replay": torch.equal(z, x + 1)}
 
 
 @claim("a forked stream never joined back fails the capture", {

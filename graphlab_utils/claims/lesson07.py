@@ -84,9 +84,10 @@ def private_pools(device):
     }
 
 
-@claim("graphs sharing a pool are safe in capture order, and corrupt each other out of order", {
-    "in capture order: both outputs correct": True, "out of order: g2's output still correct": False,
-    "out of order: g2's output holds g1's intermediate": True})
+@claim("graphs sharing a pool never run concurrently, and an output still needed after another graph's replay can be overwritten", {
+    "each output read before the next replay: both correct": True,
+    "g2's output read after g1 replayed: still correct": False,
+    "g2's output read after g1 replayed: holds g1's intermediate": True})
 def shared_pool_order(device):
     import torch
 
@@ -105,9 +106,42 @@ def shared_pool_order(device):
     in_order = close(out1, x1 * 2 + 1) and close(out2, x2 * 3)
     g2.replay()
     g1.replay()
-    return {"in capture order: both outputs correct": in_order,
-            "out of order: g2's output still correct": close(out2, x2 * 3),
-            "out of order: g2's output holds g1's intermediate": close(out2, x1 * 2)}
+    return {"each output read before the next replay: both correct": in_order,
+            "g2's output read after g1 replayed: still correct": close(out2, x2 * 3),
+            "g2's output read after g1 replayed: holds g1's intermediate": close(out2, x1 * 2)}
+
+
+@claim("reset() keeps the graph's registration with the random generator (two 512-byte blocks of the default pool); del frees them", {
+    "blocks left after reset(), the output dropped and empty_cache()": 2, "their sizes in bytes": [512, 512],
+    "in the default pool": True, "blocks left after del": 0}, isolated=True)  # no other graph alive in its process
+def reset_keeps_generator_blocks(device):
+    import torch
+
+    def live():
+        return {(seg["address"], b["address"]): (tuple(seg["segment_pool_id"]), b["size"])
+                for seg in torch.cuda.memory_snapshot() for b in seg["blocks"] if b["state"] == "active_allocated"}
+
+    x = torch.randn(1 << 16, device=device)
+    warm_up(lambda: torch.tanh(x) + 1)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    baseline = live()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = torch.tanh(x) + 1
+    g.reset()
+    del out
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    after_reset = [v for k, v in live().items() if k not in baseline]
+    del g
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    after_del = [v for k, v in live().items() if k not in baseline]
+    return {"blocks left after reset(), the output dropped and empty_cache()": len(after_reset),
+            "their sizes in bytes": sorted(size for _, size in after_reset),
+            "in the default pool": all(pool == (0, 0) for pool, _ in after_reset),
+            "blocks left after del": len(after_del)}
 
 
 @claim("with a pool that never moves and an index table, data can move with no re-capture", {

@@ -36,6 +36,9 @@ stream). Each kernel has a device duration::
   start to the next one's when the kernels themselves are tiny (what the GPU's front end
   needs to schedule a node). A large kernel hides it; a tiny one is bounded by it. This is
   the choice of the model: ``graph_node_us`` is *not* added to every kernel.
+* Upload: the first launch of a freshly instantiated graph (or ``cudaGraphUpload``) first
+  uploads it to the device: ``upload_us(n) = upload_base_us + n_nodes * upload_per_node_us``
+  of host time, once per executable graph.
 * ``cudaGraphExecUpdate``: ``exec_update_base_us + n_nodes * exec_update_per_node_us``
   of host time.
 * ``torch.cuda.synchronize()`` with an idle device: ``sync_us`` of host time (otherwise
@@ -44,7 +47,7 @@ stream). Each kernel has a device duration::
 Interface
 ---------
 * ``CostModel``: frozen dataclass of the constants, with ``kernel_us``, ``eager_host_us``,
-  ``capture_op_us``, ``replay_node_us``, ``capture_us``, ``instantiate_us``,
+  ``capture_op_us``, ``replay_node_us``, ``capture_us``, ``instantiate_us``, ``upload_us``,
   ``exec_update_us``.
   Optional constants (``OPTIONAL_CONSTANTS``) may be absent from a calibration file; at 0
   they fall back to the general figure.
@@ -122,6 +125,9 @@ class CostModel:
     # Optional device-time floors of library kernels (0 = not calibrated: kernel_min_us applies)
     matmul_min_us: float = 0.0  # device time of the smallest matrix product (cuBLAS)
     conv_min_us: float = 0.0  # device time of the smallest convolution (cuDNN)
+    # The upload of a fresh executable graph at its first launch (0 = not calibrated: no upload cost)
+    upload_base_us: float = 0.0  # host time the first cudaGraphLaunch of an exec adds
+    upload_per_node_us: float = 0.0
     gpu_memory_gib: float = 0.0  # the GPU's memory as PyTorch reports it (0 = not recorded: no limit)
 
     # -- derived costs -------------------------------------------------------------
@@ -174,6 +180,10 @@ class CostModel:
         """Host time of ``CUDAGraph.instantiate()`` (cudaGraphInstantiate) for ``n_nodes`` nodes."""
         return self.instantiate_base_us + max(0, int(n_nodes)) * self.instantiate_per_node_us
 
+    def upload_us(self, n_nodes: int) -> float:
+        """Host time the first launch of a fresh executable graph of ``n_nodes`` nodes adds (its upload)."""
+        return self.upload_base_us + max(0, int(n_nodes)) * self.upload_per_node_us
+
     def exec_update_us(self, n_nodes: int) -> float:
         """Host time of one cudaGraphExecUpdate over ``n_nodes`` nodes."""
         return self.exec_update_base_us + max(0, int(n_nodes)) * self.exec_update_per_node_us
@@ -192,6 +202,8 @@ OPTIONAL_CONSTANTS = {
     "eager_conv_launch_us": 0.0,
     "matmul_min_us": 0.0,
     "conv_min_us": 0.0,
+    "upload_base_us": 0.0,
+    "upload_per_node_us": 0.0,
 }
 CONSTANT_FIELDS = tuple(
     f.name

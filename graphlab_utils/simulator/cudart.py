@@ -24,6 +24,7 @@ __all__ = [
     "cudaGraphNodeGetType",
     "cudaGraphDebugDotPrint",
     "cudaGraphExecUpdate",
+    "cudaGraphUpload",
     "cudaGetErrorName",
     "cudaGetErrorString",
 ]
@@ -141,6 +142,15 @@ def cudaGraphExecGetFlags(graphExec):
     if exe is None:
         return (cudaError_t.cudaErrorInvalidValue, None)
     return (cudaError_t.cudaSuccess, exe.flags)
+
+
+def cudaGraphUpload(graphExec, stream=0):
+    """Upload an executable graph without launching it, so that its first launch costs what later ones do."""
+    exe = _lookup(graphExec, SimGraphExec)
+    if exe is None:
+        return (cudaError_t.cudaErrorInvalidValue,)
+    exe.upload()
+    return (cudaError_t.cudaSuccess,)
 
 
 def cudaGraphGetNodes(graph, numNodes: int = 0):

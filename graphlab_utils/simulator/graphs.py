@@ -277,7 +277,13 @@ class SimGraphExec:
         self.path_us, self.spans = schedule(self.nodes)
         self.handle = 0x7E0000000000 + next(_graph_ids) * 0x100
         HANDLES[self.handle] = self
+        self.uploaded = False  # the GPU gets an executable graph at its first launch (or cudaGraphUpload)
 
+    def upload(self) -> None:
+        """cudaGraphUpload, or the first cudaGraphLaunch: the host pays the upload once per exec."""
+        if not self.uploaded:
+            CLOCK.host_work(cost_model().upload_us(len(self.nodes)))
+            self.uploaded = True
 
     def adopt_parameters(self, template: SimGraphTemplate) -> None:
         """cudaGraphExecUpdate: every node takes the other graph's kernel and arguments."""
@@ -392,6 +398,7 @@ class CUDAGraph:
         s = current_stream()
         if s.capture is not None:
             raise not_simulated("replaying a graph inside another capture (a child graph node)")
+        self._exec.upload()  # a fresh exec's first launch uploads it first
         start = CLOCK.launch_graph(s.stream_id, self._exec.path_us, self._exec.spans)
         self._exec.run(start)
 
