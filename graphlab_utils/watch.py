@@ -41,6 +41,7 @@ from graphlab_utils import ops as _ops
 from graphlab_utils.recipes import plural
 
 __all__ = [
+    "CountingGraph",
     "GENERATOR_REFUSED",
     "GUARD_NOTE",
     "Refused",
@@ -331,3 +332,18 @@ def count_ops(fn: Callable, *args) -> dict:
     with torch.no_grad(), watching(host_reads=False, guard=False) as watch:
         fn(*args)
     return dict(watch.ops)
+
+
+class CountingGraph:
+    """A learner's graph seen through a check: every attribute is the graph's, and ``replays``
+    counts the calls of ``replay()`` (how often a learner's loop replayed it)."""
+
+    def __init__(self, graph):
+        self._graph, self.replays = graph, 0
+
+    def replay(self):
+        self.replays += 1
+        self._graph.replay()
+
+    def __getattr__(self, name):
+        return getattr(self._graph, name)

@@ -33,6 +33,8 @@ import math
 
 from graphlab_utils.recipes import plural, warm_up
 
+from graphlab_utils.watch import CountingGraph
+
 from .core import check, fail, graph_and_output, ok
 from .core import device as _device
 
@@ -273,20 +275,6 @@ def check_capture_step(capture_step):
 # ---------------------------------------------------------------------------------------
 # Exercise 2: serve one request with the step graph
 # ---------------------------------------------------------------------------------------
-class _CountingGraph:
-    """A graph that counts its replays (the check's view of the learner's loop)."""
-
-    def __init__(self, graph):
-        self._graph, self.replays = graph, 0
-
-    def replay(self):
-        self.replays += 1
-        self._graph.replay()
-
-    def __getattr__(self, name):
-        return getattr(self._graph, name)
-
-
 def _diagnose_sample(unet, sched, got, latents, prompt, guidance, kind, earlier=()):
     """fail() with the most specific hint for a sampled result that differs from eager; else eager's result."""
     from graphlab_utils import capstone
@@ -322,7 +310,7 @@ def check_sample_with_graph(sample_with_graph):
     for batch, guided, requests in ((1, True, ((5, 7.5), (6, 4.0))), (2, False, ((7, None),))):
         static = capstone.StaticBuffers.for_model(unet, batch=batch, guidance=guided)
         graph, out = _capture_reference(unet, sched, static)
-        counting = _CountingGraph(graph)
+        counting = CountingGraph(graph)
         kept = []
         for seed, guidance in requests:
             latents, prompt = _request(seed, batch)

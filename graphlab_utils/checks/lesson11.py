@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from graphlab_utils.recipes import error_line, plural
 
+from graphlab_utils.watch import CountingGraph
+
 from .core import check, fail, ok
 from .core import device as _device
 
@@ -295,20 +297,6 @@ def check_padding(pad_rows):
 # ---------------------------------------------------------------------------------------
 # Exercise 2: the replay path
 # ---------------------------------------------------------------------------------------
-class _CountingGraph:
-    """A graph that counts its replays."""
-
-    def __init__(self, graph):
-        self._graph, self.replays = graph, 0
-
-    def replay(self):
-        self.replays += 1
-        self._graph.replay()
-
-    def __getattr__(self, name):
-        return getattr(self._graph, name)
-
-
 def _call(fn, *args, what: str):
     try:
         return fn(*args)
@@ -324,7 +312,7 @@ def _replay_case(replay, runner, batch, what, n):
     import torch
 
     bucket = runner.bucket_for(n) if runner.can_run(n) else None
-    counters = {b: _CountingGraph(g) for b, g in runner.graphs.items()}
+    counters = {b: CountingGraph(g) for b, g in runner.graphs.items()}
     graphs = runner.graphs
     ptrs = {f: getattr(runner.static, f).data_ptr() for f in runner.static.FIELDS}
     runner.graphs = counters

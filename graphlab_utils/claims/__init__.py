@@ -36,7 +36,7 @@ __all__ = [
     "error_verdicts", "get", "in_child", "observe", "public", "run", "source",
 ]
 
-LESSONS = ("01", "02", "03", "04", "05", "06", "07", "08", "09")
+LESSONS = ("01", "02", "03", "04", "05", "06", "07", "08", "09", "11", "12", "13", "14")
 SUITE = "torch"  # claims/torch_suite.py: PyTorch's own CUDA-graph tests, ported
 CHILD_TIMEOUT_S = 600
 

@@ -45,6 +45,10 @@ MODULES = {
     "07": ("Graph memory", "07_graph_memory"),
     "08": ("Debugging and profiling", "08_debugging_and_profiling"),
     "09": ("Diffusion warm-up", "09_diffusion_warmup"),
+    "11": ("Decode engine", "11_decode_engine"),
+    "12": ("torch.compile's CUDA graphs and piecewise graphs", "12_compile_and_piecewise"),
+    "13": ("Graphs across GPUs", "13_graphs_across_gpus"),
+    "14": ("A training step in one graph", "14_training_step"),
 }
 
 

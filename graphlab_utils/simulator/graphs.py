@@ -212,15 +212,20 @@ def refuse_sync(stream: Stream | None, what: str) -> None:
     """Raise the GPU's error if a host sync happens while a capture forbids it."""
     stream = current_stream() if stream is None else stream
     hit = [stream.capture] if stream.capture is not None else [c for c in active_captures() if c.forbids_other_streams()]
+    _invalidate_and_refuse(
+        hit, what,
+        f"{what} waits for the GPU, but during capture nothing runs: there is no value to wait for. "
+        "The capture is now invalidated. Keep syncs (.item(), .cpu(), print, synchronize) outside capture (lesson 02).",
+    )
+
+
+def _invalidate_and_refuse(hit: list, what: str, why: str) -> None:
+    """The GPU's cudaErrorStreamCaptureUnsupported for ``what``, after invalidating the captures it hit."""
     if not hit:
         return
     for c in hit:
         c.invalidate(what)
-    raise cuda_error(
-        cudaError_t.cudaErrorStreamCaptureUnsupported,
-        f"{what} waits for the GPU, but during capture nothing runs: there is no value to wait for. "
-        "The capture is now invalidated. Keep syncs (.item(), .cpu(), print, synchronize) outside capture (lesson 02).",
-    )
+    raise cuda_error(cudaError_t.cudaErrorStreamCaptureUnsupported, why)
 
 
 def refuse_host_copy() -> None:
@@ -239,13 +244,8 @@ def refuse_host_copy() -> None:
 
 def refuse_malloc(what: str) -> None:
     """A new allocation outside the capture's pool needs cudaMalloc, which global capture forbids."""
-    hit = [c for c in active_captures() if c.forbids_other_streams()]
-    if not hit:
-        return
-    for c in hit:
-        c.invalidate(what)
-    raise cuda_error(
-        cudaError_t.cudaErrorStreamCaptureUnsupported,
+    _invalidate_and_refuse(
+        [c for c in active_captures() if c.forbids_other_streams()], what,
         f"{what} ran on a stream that is not part of the capture and needed new memory (cudaMalloc), "
         "which a capture in 'global' mode forbids. Fork the stream from the capturing one with "
         "s.wait_stream(torch.cuda.current_stream()) and join it back afterwards (lesson 02).",
@@ -405,8 +405,7 @@ class CUDAGraph:
     def reset(self) -> None:
         self._template = self._exec = None
         if self._pool is not None:
-            self._pool.users -= 1
-            ALLOCATOR.release_user(self._pool)
+            ALLOCATOR.release_user(self._pool)  # one graph fewer uses the pool
             self._pool = None
 
     def __del__(self):
