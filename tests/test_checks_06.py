@@ -13,6 +13,8 @@ import pytest
 import graphlab_utils
 
 
+from check_helpers import assert_hint, run
+
 pytestmark = pytest.mark.usefixtures("sim")
 
 
@@ -21,19 +23,6 @@ def lesson06(sim):
     from graphlab_utils.checks import lesson06
 
     return lesson06
-
-
-def run(check, *answers):
-    return check(*answers, quiet=True)
-
-
-def assert_hint(result, *words):
-    text = result.text()
-    assert not result.passed, text
-    assert "idea:" in text
-    assert "Traceback" not in text
-    for w in words:
-        assert w in text, text
 
 
 # ---------------------------------------------------------------------------------------

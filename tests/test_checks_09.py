@@ -15,6 +15,8 @@ import graphlab_utils
 from graphlab_utils import recipes
 
 
+from check_helpers import assert_hint, run
+
 pytestmark = pytest.mark.usefixtures("sim")
 
 
@@ -23,19 +25,6 @@ def lesson09(sim):
     from graphlab_utils.checks import lesson09
 
     return lesson09
-
-
-def run(check, *answers):
-    return check(*answers, quiet=True)
-
-
-def assert_hint(result, *words):
-    text = result.text()
-    assert not result.passed, text
-    assert "idea:" in text
-    assert "Traceback" not in text
-    for w in words:
-        assert w in text, text
 
 
 def _capture(fn, pool=None):

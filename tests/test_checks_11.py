@@ -13,6 +13,8 @@ import torch
 
 from graphlab_utils import recipes
 
+from check_helpers import assert_hint, run
+
 pytestmark = pytest.mark.usefixtures("sim")
 
 
@@ -21,19 +23,6 @@ def lesson11(sim):
     from graphlab_utils.checks import lesson11
 
     return lesson11
-
-
-def run(check, *answers):
-    return check(*answers, quiet=True)
-
-
-def assert_hint(result, *words):
-    text = result.text()
-    assert not result.passed, text
-    assert "idea:" in text
-    assert "Traceback" not in text
-    for w in words:
-        assert w in text, text
 
 
 FIELDS = ("tokens", "positions", "seq_lens", "out_slots", "table")
