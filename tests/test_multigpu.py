@@ -148,27 +148,8 @@ def unsimulated_in_capture():
 
 
 # The lesson's hang demonstrations, as its cells write them.
-def rank_0_captures_alone():
-    import torch
-    import torch.distributed as dist
-
-    from graphlab_utils import multigpu
-    from graphlab_utils.multigpu import tp
-    from graphlab_utils.recipes import warm_up
-
-    mlp = _block()
-    x = tp.decode_input(0, 4, device=multigpu.device())
-    warm_up(lambda: mlp(x))
-    torch.cuda.synchronize()
-    dist.barrier()
-    if dist.get_rank() == 0:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            y = mlp(x)
-        graph.replay()
-    else:
-        y = mlp(x)
-    return y.sum().item()
+# Rank 0 captures while rank 1 runs eagerly: the claim of lesson 13 that proves the hang.
+from graphlab_utils.claims.lesson13 import _rank_0_captures_alone as rank_0_captures_alone  # noqa: E402
 
 
 def buckets_chosen(together):
