@@ -23,14 +23,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from graphlab_utils.authoring.generated import GeneratedNotebookError, Generator
+from graphlab_utils.authoring.generated import GITHUB, GeneratedNotebookError, Generator, setup_cell
 
 __all__ = ["COMMAND", "DEFAULT_NOTEBOOK", "GENERATOR", "build", "main", "coalesce_streams", "strip_widget_state"]
 
 STEM = "10_interview_drills"
 COMMAND = "graphlab build-lesson10"
 DEFAULT_NOTEBOOK = Path("notebooks") / f"{STEM}.ipynb"
-GITHUB = "cuda-graph-lab/cuda-graph-lab"
 COLAB = f"https://colab.research.google.com/github/{GITHUB}/blob/main/notebooks/{STEM}.ipynb"
 RUN_SLOW = ("q02_item_in_capture",)  # questions whose slow claim (a child process each) runs in the notebook
 
@@ -94,24 +93,14 @@ the question bank, the grading, the widgets and the proofs; `terminal` is `graph
 the same questions in a terminal.
 """
 
-SETUP = """\
-# NBVAL_IGNORE_OUTPUT
-import sys
-
-if "google.colab" in sys.modules:  # Colab: install the course package into the runtime
-    import subprocess
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "cuda-graph-lab[gpu] @ git+https://github.com/cuda-graph-lab/cuda-graph-lab"], check=True)
-
+SETUP = setup_cell("""\
 import io
 
 import torch
 import graphlab_utils as gl
 from graphlab_utils import drills as quiz
 from graphlab_utils.drills import terminal
-
-S = gl.setup()
-DEVICE = S.device"""
+""")
 
 HOW_MD = """\
 ---

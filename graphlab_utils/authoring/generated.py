@@ -16,10 +16,11 @@ from typing import Callable
 
 from graphlab_utils.errors import GraphlabError
 
-__all__ = ["CELL_TIMEOUT_S", "Generator", "GeneratedNotebookError", "kernel_manager", "execute_on_simulator",
+__all__ = ["CELL_TIMEOUT_S", "GITHUB", "Generator", "setup_cell", "GeneratedNotebookError", "kernel_manager", "execute_on_simulator",
            "source_differences"]
 
 CELL_TIMEOUT_S = 600
+GITHUB = "cuda-graph-lab/cuda-graph-lab"
 SHOWN = 3  # --check names the first few differences
 
 
@@ -61,6 +62,21 @@ def execute_on_simulator(nb, cwd: Path, fix: str) -> None:
             os.environ.pop("GRAPHLAB_BACKEND", None)
         else:
             os.environ["GRAPHLAB_BACKEND"] = saved
+
+
+def setup_cell(imports: str) -> str:
+    """A generated notebook's first code cell: on Colab, install the course; then ``imports`` and the setup."""
+    return (
+        "# NBVAL_IGNORE_OUTPUT\n"
+        "import sys\n\n"
+        'if "google.colab" in sys.modules:  # Colab: install the course package into the runtime\n'
+        "    import subprocess\n"
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "-q",\n'
+        f'                    "cuda-graph-lab[gpu] @ git+https://github.com/{GITHUB}"], check=True)\n\n'
+        f"{imports}\n"
+        "S = gl.setup()\n"
+        "DEVICE = S.device"
+    )
 
 
 def _first_line(cell) -> str:

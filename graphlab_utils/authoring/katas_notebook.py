@@ -20,14 +20,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from graphlab_utils.authoring.generated import Generator
+from graphlab_utils.authoring.generated import GITHUB, Generator, setup_cell
 
 __all__ = ["COMMAND", "STEM", "GENERATOR", "build", "main"]
 
 STEM = "10_interview_drills"
 COMMAND = "graphlab build-lesson10"
 DEFAULT_SOLUTION = Path("solutions") / f"{STEM}.ipynb"
-GITHUB = "cuda-graph-lab/cuda-graph-lab"
 
 def colab(path: str) -> str:
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
@@ -41,20 +40,10 @@ fix and check), and `graphlab build-labs` makes `labs/{STEM}.ipynb` from that
 solution. To change a kata, edit its file and run both commands: an edit made in the
 notebook is lost at the next build."""
 
-SETUP_CODE = f"""\
-# NBVAL_IGNORE_OUTPUT
-import sys
-
-if "google.colab" in sys.modules:  # Colab: install the course package into the runtime
-    import subprocess
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "cuda-graph-lab[gpu] @ git+https://github.com/{GITHUB}"], check=True)
-
+SETUP_CODE = setup_cell("""\
 import torch
 import graphlab_utils as gl
-
-S = gl.setup()
-DEVICE = S.device"""
+""")
 
 IMPORTS_CODE = """\
 from graphlab_utils.drills import katas

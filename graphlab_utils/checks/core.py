@@ -132,6 +132,29 @@ def graph_and_output(result, call: str, pair: str, return_idea: str, create_idea
     return graph, out
 
 
+def ok_one_shared_pool(runner, graphs: dict, expected: str, idea: str, keep_idea: str, name_pool: bool = True):
+    """Every graph of a bucket runner in one memory pool, and ``runner.pool`` the handle of that pool."""
+    pools = {tuple(g.pool()) for g in graphs.values()}
+    ok(len(pools) == 1, expected, f"the {len(graphs)} graphs use {len(pools)} pools", idea)
+    pool = getattr(runner, "pool", None)
+    try:
+        same = pool is not None and tuple(pool) == next(iter(pools))
+    except TypeError:
+        same = False
+    seen = f"runner.pool is {pool!r}" + (f"; the graphs' pool is {next(iter(pools))!r}" if name_pool else "")
+    ok(same, "runner.pool: the handle of the pool the graphs share", seen, keep_idea)
+    return pools
+
+
+def ok_near_own_measurement(theirs: dict, mine: dict, keys, ideas: dict, tolerance: float) -> None:
+    """Each of the learner's timings within ``tolerance``x (either way) of the check's own measurement."""
+    for key in keys:
+        ratio = theirs[key].median_ms / mine[key].median_ms
+        ok(1.0 / tolerance <= ratio <= tolerance,
+           f"{key}: close to the check's own measurement, {mine[key]} (within {tolerance:.0f}x either way)",
+           f"{key}: {theirs[key]}", ideas[key])
+
+
 def ok_timings(result, keys, example: str, how: str, unit: str = "step") -> None:
     """A learner's dict of timings: every key present, each a positive Timing of this backend.
 

@@ -29,7 +29,7 @@ import random
 
 from graphlab_utils.recipes import close, plural, seeded_randn, warm_up
 
-from .core import check, fail, graph_and_output, ok, ok_timings
+from .core import check, fail, graph_and_output, ok, ok_near_own_measurement, ok_timings
 from .core import device as _device
 
 __all__ = [
@@ -299,12 +299,7 @@ def check_time_phases(time_phases):
              f"{a} {phases[a]}, {b} {phases[b]}",
              f"are two phases swapped? Your {worst} is the furthest from the check's ({mine[worst]}): "
              + _PHASE_IDEAS[worst])
-    for key in PHASES:
-        ratio = phases[key].median_ms / mine[key].median_ms
-        ok(1.0 / TOLERANCE <= ratio <= TOLERANCE,
-           f"{key}: close to the check's own measurement, {mine[key]} (within {TOLERANCE:.0f}x either way)",
-           f"{key}: {phases[key]}",
-           _PHASE_IDEAS[key])
+    ok_near_own_measurement(phases, mine, PHASES, _PHASE_IDEAS, TOLERANCE)
     ok(phases["replay"].median_ms < phases["eager"].median_ms,
        f"replay faster than eager on {CHECK_KERNELS} tiny kernels",
        f"replay {phases['replay']}, eager {phases['eager']}",

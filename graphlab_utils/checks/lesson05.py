@@ -35,7 +35,7 @@ import random
 
 from graphlab_utils.recipes import close, error_line, plural, seeded_randn
 
-from .core import check, fail, ok
+from .core import check, fail, ok, ok_one_shared_pool
 from .core import device as _device
 
 __all__ = [
@@ -292,22 +292,12 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
        "runner.graphs holds torch.cuda.CUDAGraph objects",
        f"{sorted({type(g).__name__ for g in graphs.values()})}",
        "store the CUDAGraph you captured into, not its output")
-    pools = {tuple(g.pool()) for g in graphs.values()}
-    ok(len(pools) == 1,
-       f"{where}: every graph in one shared memory pool",
-       f"the {len(graphs)} graphs use {len(pools)} pools",
-       "create one handle with torch.cuda.graph_pool_handle() and pass it as pool= to every "
-       "torch.cuda.graph(...): graphs that never run at the same time can share their intermediates' memory")
-    pool = getattr(runner, "pool", None)
-    try:
-        same = pool is not None and tuple(pool) == next(iter(pools))
-    except TypeError:
-        same = False
-    ok(same,
-       "runner.pool: the handle of the pool the graphs share",
-       f"runner.pool is {pool!r}; the graphs' pool is {next(iter(pools))!r}",
-       "keep the handle in self.pool (the value of torch.cuda.graph_pool_handle(), or of the first "
-       "graph's .pool() if you pass that to the others)")
+    ok_one_shared_pool(
+        runner, graphs, f"{where}: every graph in one shared memory pool",
+        "create one handle with torch.cuda.graph_pool_handle() and pass it as pool= to every "
+        "torch.cuda.graph(...): graphs that never run at the same time can share their intermediates' memory",
+        "keep the handle in self.pool (the value of torch.cuda.graph_pool_handle(), or of the first "
+        "graph's .pool() if you pass that to the others)")
 
     # -- can_run ------------------------------------------------------------------------
     for bs in sorted({1, max(1, largest // 2 + 1), largest, largest + 1, 2 * largest}):

@@ -30,7 +30,7 @@ import math
 
 from graphlab_utils.recipes import close, plural, seeded_randn, warm_up
 
-from .core import check, fail, graph_and_output, ok, ok_timings
+from .core import check, fail, graph_and_output, ok, ok_near_own_measurement, ok_timings
 from .core import device as _device
 
 __all__ = [
@@ -350,9 +350,4 @@ def check_time_switch(time_switch):
              f"exec_update {costs['exec_update']}, instantiate {costs['instantiate']}",
              f"are the two swapped? Your {far} is the furthest from the check's ({mine[far]}): "
              + _TIMING_IDEAS[far])
-    for key in TIMING_KEYS:
-        ratio = costs[key].median_ms / mine[key].median_ms
-        ok(1.0 / TOLERANCE <= ratio <= TOLERANCE,
-           f"{key}: close to the check's own measurement, {mine[key]} (within {TOLERANCE:.0f}x either way)",
-           f"{key}: {costs[key]}",
-           _TIMING_IDEAS[key])
+    ok_near_own_measurement(costs, mine, TIMING_KEYS, _TIMING_IDEAS, TOLERANCE)

@@ -32,7 +32,7 @@ from graphlab_utils.recipes import error_line, plural
 
 from graphlab_utils.watch import CountingGraph
 
-from .core import check, fail, ok
+from .core import check, fail, ok, ok_one_shared_pool
 from .core import device as _device
 
 __all__ = [
@@ -494,19 +494,11 @@ def check_warm_up(warm_up):
        f"runner.graphs has the keys {sorted(graphs) if isinstance(graphs, dict) else graphs!r}, runner.outputs "
        f"{sorted(outputs) if isinstance(outputs, dict) else outputs!r}",
        "keep each bucket's graph and the tensor its step returned: runner.graphs[n], runner.outputs[n] = graph, out")
-    pools = {tuple(g.pool()) for g in graphs.values()}
-    ok(len(pools) == 1,
-       "every graph in one shared memory pool",
-       f"the {len(graphs)} graphs use {len(pools)} pools",
-       "make one handle, runner.pool = torch.cuda.graph_pool_handle(), and pass pool=runner.pool to every capture: "
-       "the graphs never run at the same time, so they can share their intermediates' memory")
-    pool = getattr(runner, "pool", None)
-    try:
-        same = pool is not None and tuple(pool) == next(iter(pools))
-    except TypeError:
-        same = False
-    ok(same, "runner.pool: the handle of the pool the graphs share",
-       f"runner.pool is {pool!r}", "keep the handle in runner.pool")
+    ok_one_shared_pool(
+        runner, graphs, "every graph in one shared memory pool",
+        "make one handle, runner.pool = torch.cuda.graph_pool_handle(), and pass pool=runner.pool to every capture: "
+        "the graphs never run at the same time, so they can share their intermediates' memory",
+        "keep the handle in runner.pool", name_pool=False)
     runs = [int(round(v)) for v in probe.runs.tolist()]
     eager = {}
     for rows, capturing in probe.log:
