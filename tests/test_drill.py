@@ -37,7 +37,7 @@ FREE_PARTIAL = "The data moved to new addresses and the graph kept the old point
 
 def test_a_scripted_session_scores_each_kind_of_answer():
     ids = ["q03_random_branch", "q04_defrag", "q06_content_changed", "q01_warmup", "q02_unjoined_fork"]
-    answers = "B\n" + FREE_PARTIAL + "A\n" + "\n" + "b\n"
+    answers = "B\n" + FREE_PARTIAL + "A\n\n" + "\n" + "b\n"  # A is wrong; the empty retry reveals
     code, out = run(sum((["--id", i] for i in ids), []), answers)
     assert code == 0
     assert out.count("--- question ") == 5
@@ -50,6 +50,42 @@ def test_a_scripted_session_scores_each_kind_of_answer():
     assert out.rstrip().endswith(
         "score: 2.5 / 5  (correct 2, partial 1, wrong 1, skipped 1, late 0)\n"
         "to review: q04_defrag (partial), q06_content_changed (wrong), q01_warmup (skipped)")
+
+
+def test_a_wrong_letter_gets_one_more_try_before_the_reveal():
+    code, out = run(["--id", "q03_random_branch"], "A\nB\n")
+    assert code == 0
+    first, _, rest = out.partition("-> not quite: A is not the answer.")
+    assert "model answer: " not in first and "(one more try:" in rest
+    assert rest.index("your answer> B\n-> correct on the second try (B): half a point.") < rest.index("model answer: ")
+    assert out.rstrip().endswith("score: 0.5 / 1  (correct 0, partial 1, wrong 0, skipped 0, late 0)\n"
+                                 "to review: q03_random_branch (partial)")
+    _, out = run(["--id", "q03_random_branch"], "A\nC\n")
+    assert "-> not this one either: C is not the answer." in out and out.count("model answer: ") == 1
+    assert "score: 0 / 1  (correct 0, partial 0, wrong 1," in out
+
+
+def test_a_reply_that_is_not_a_letter_is_asked_again_and_not_counted():
+    code, out = run(["--id", "q03_random_branch"], "Z\nB\n")
+    assert code == 0
+    assert "your answer> Z\n-> 'Z' is not one of the options A-D: answer with a letter.\nyour answer> B\n" in out
+    assert "-> correct (B)." in out and "not quite" not in out
+    assert "score: 1 / 1  (correct 1, partial 0, wrong 0, skipped 0, late 0)" in out
+    # a typo during the second try is asked again too
+    _, out = run(["--id", "q03_random_branch"], "A\nZ\nB\n")
+    assert "correct on the second try (B)" in out
+
+
+def test_list_into_a_pipe_that_is_already_closed_is_quiet():
+    """`graphlab drill --list | head`: the reader leaves early; no BrokenPipeError is printed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "graphlab_utils", "drill", "--list"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 def test_scripted_answers_are_echoed_after_the_prompt():

@@ -152,6 +152,23 @@ def test_not_a_notebook(tmp_path):
     assert r.returncode == 2 and "is not a file" in r.stderr
 
 
+def test_a_backend_that_cannot_run_is_one_sentence_before_the_run():
+    """A bad backend stops ``check`` with doctor's sentence, once, instead of a row per cell."""
+    from graphlab_utils.backend import REAL_WITHOUT_GPU, gpu_available
+
+    env = dict(os.environ, GRAPHLAB_BACKEND="bogus")
+    r = subprocess.run([sys.executable, "-m", "graphlab_utils", "check", f"labs/{STEM}.ipynb"],
+                       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == "" and r.stderr.count("\n") == 1
+    assert "GRAPHLAB_BACKEND='bogus' is not a backend: use one of real, sim, auto" in r.stderr
+    if gpu_available():
+        return
+    r = graphlab("check", f"labs/{STEM}.ipynb", "--backend", "real")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == "" and r.stderr == f"graphlab check: {REAL_WITHOUT_GPU}.\n"
+
+
 def test_no_arguments_is_a_usage_error():
     r = graphlab("check")
     assert r.returncode == 2 and "notebook" in r.stderr

@@ -14,8 +14,8 @@ the idea) and leaves beside it a record of the same result as data (see
 and prints one row per exercise, then the hints.
 
 Exit status: 0 when every exercise passes, 1 when one does not (a hint, a stub not done, a
-cell that raised), 2 for bad input (no such file, not a notebook, a notebook without checks),
-with one sentence saying what is wrong.
+cell that raised), 2 for bad input (no such file, not a notebook, a notebook without checks,
+a backend that cannot run here), with one sentence saying what is wrong.
 """
 from __future__ import annotations
 
@@ -186,6 +186,20 @@ def _read_notebook(path: Path):
     return nb
 
 
+def _check_backend(backend: str | None) -> None:
+    """Stop before the run when the backend asked for cannot run here.
+
+    A bad ``GRAPHLAB_BACKEND`` (or ``real`` without a GPU) would make the lab's setup cell
+    fail and every later check fail after it; :class:`~graphlab_utils.backend.BackendError`
+    carries the one sentence that ``graphlab doctor`` prints instead.
+    """
+    from graphlab_utils.backend import ENV_VAR, choose_backend, gpu_available
+
+    requested = backend or os.environ.get(ENV_VAR)
+    wants_real = (requested or "").strip().lower() == "real"
+    choose_backend(requested, gpu_available() if wants_real else False)
+
+
 def grade_notebook(path, timeout: int = 600, backend: str | None = None, save: str | None = None) -> Report:
     """Run the notebook at ``path`` headless and return what its checks said."""
     import nbformat
@@ -193,6 +207,7 @@ def grade_notebook(path, timeout: int = 600, backend: str | None = None, save: s
 
     path = Path(path)
     nb = _read_notebook(path)
+    _check_backend(backend)
     report = Report(str(path))
     saved_env = os.environ.get("GRAPHLAB_BACKEND")
     if backend:

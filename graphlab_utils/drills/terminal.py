@@ -8,9 +8,11 @@
     graphlab drill --list               # every question's id
 
 Answer a choice question with its letter; a free question in a few sentences, ending with an
-empty line. An empty answer skips the question; end of input (Ctrl-D) ends the drill. After
-each answer the drill says how it did, then reveals the model answer and why. At the end it
-prints the drill's score.
+empty line. An empty answer skips the question; end of input (Ctrl-D) ends the drill. A reply
+to a choice question that is not one of its letters is asked again and does not count; a wrong
+letter gets one more try (right on the second try earns half a point). After each answer the
+drill says how it did, then reveals the model answer and why. At the end it prints the drill's
+score.
 
 ``--timed SECONDS`` gives each question a time limit. An answer that comes after the limit
 counts as late (no points) and the drill says so. The limit is kept by measuring the time
@@ -135,6 +137,57 @@ def _read_answer(q, reader: _Reader):
     return "\n".join(lines).strip()
 
 
+def _read_choice(q, reader: _Reader, out):
+    """A letter, an empty answer or None (end of input); a typo is answered and asked again."""
+    while True:
+        answer = _read_answer(q, reader)
+        if not answer:
+            return answer
+        result = bank.grade(q, answer)
+        if result.verdict != "invalid":
+            return answer
+        out.write(f"-> {result.text()}\n")
+
+
+def _answer(q, reader: _Reader, out):
+    """``(answer, grade)``: the grade is None for a skip, and both are None at end of input.
+
+    A choice question allows a second try after a wrong letter: right then earns half a
+    point; a wrong letter again, or an empty answer, reveals the model answer.
+    """
+    if q.kind != "choice":
+        answer = _read_answer(q, reader)
+        return answer, (bank.grade(q, answer) if answer else None)
+    answer = _read_choice(q, reader, out)
+    if not answer:
+        return answer, None
+    first = bank.grade(q, answer)
+    if first.verdict != "wrong":
+        return answer, first
+    out.write(f"-> {first.text()}\n(one more try: a letter, or an empty answer to reveal the model answer)\n")
+    again = _read_choice(q, reader, out)
+    if not again:
+        out.write("-> revealed.\n")
+        return answer, first
+    second = bank.grade(q, again)
+    if second.verdict == "correct":
+        return again, bank.Grade(q.id, q.kind, "partial", 0.5, chosen=second.chosen,
+                                 message=f"correct on the second try ({second.chosen}): half a point.")
+    out.write(f"-> not this one either: {second.chosen} is not the answer.\n")
+    return again, second
+
+
+def _quiet_closed_stdout(out) -> None:
+    """After a closed pipe, point stdout at the null device so that Python's exit flush is silent."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, ValueError, OSError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def _list(out) -> None:
     out.write(f"{'id':28s} {'kind':7s} {'proof':6s} title\n")
     for q in bank.bank():
@@ -148,7 +201,11 @@ def main(argv=None, stdin=None, stdout=None, clock=None) -> int:
     out = sys.stdout if stdout is None else stdout
     clock = time.monotonic if clock is None else clock
     if args.list:
-        _list(out)
+        try:
+            _list(out)
+            out.flush()
+        except BrokenPipeError:  # `graphlab drill --list | head`: the reader has all it wanted
+            _quiet_closed_stdout(out)
         return 0
     if args.timed is not None and args.timed <= 0:
         raise bank.DrillError("--timed takes a positive number of seconds")
@@ -183,20 +240,20 @@ def main(argv=None, stdin=None, stdout=None, clock=None) -> int:
             out.flush()
             start = clock()
             reader = _Reader(stdin, out, clock, start + limit if limit else None)
-            answer = _read_answer(q, reader)
+            answer, result = _answer(q, reader, out)
             if answer is None:
                 out.write("\n(end of input: the drill ends here)\n")
                 break
             elapsed = clock() - start
-            if not answer:
+            if result is None:
                 score.record(q.id, "skipped", 0.0)
                 out.write("skipped.\n")
             else:
-                result = bank.grade(q, answer)
                 late = limit is not None and elapsed > limit
                 outcome = "late" if late else {"correct": "correct", "partial": "partial"}.get(result.verdict, "wrong")
                 score.record(q.id, outcome, 0.0 if late else result.score)
-                out.write(f"-> {result.text()}\n")
+                if result.verdict != "wrong" or q.kind != "choice":  # a wrong letter was said at once
+                    out.write(f"-> {result.text()}\n")
                 if late:
                     out.write(f"late: answered after {elapsed:.0f} s, past the {limit:g} s limit: no points.\n")
                 elif limit:
