@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from graphlab_utils.claims import claim
-from graphlab_utils.recipes import close, warm_up
+from graphlab_utils.recipes import capture, close, warm_up
 
 
 @claim("a KV-cache pool defragmented under the graph gives wrong results; re-capture or update fixes it", {
@@ -58,10 +58,7 @@ def rebinding_vs_copy(device):
 
     static_in = torch.randn(256, device=device)
     old = static_in.clone()
-    warm_up(lambda: static_in * 3)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = static_in * 3
+    g, out = capture(lambda: static_in * 3)
     captured = static_in
     static_in = torch.randn(256, device=device)  # a new tensor; the graph still reads the old one
     g.replay()
@@ -79,10 +76,7 @@ def outputs_overwritten(device):
     import torch
 
     static_in = torch.randn(128, device=device)
-    warm_up(lambda: static_in.relu())
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = static_in.relu()
+    g, out = capture(lambda: static_in.relu())
     first_in = torch.randn(128, device=device)
     static_in.copy_(first_in)
     g.replay()
@@ -102,10 +96,7 @@ def freed_input_reused(device):
     n = 1 << 18
     static_in = torch.randn(n, device=device)
     original = static_in.clone()
-    warm_up(lambda: static_in * 2)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = static_in * 2
+    g, out = capture(lambda: static_in * 2)
     del static_in  # the block goes back to the caching allocator...
     occupant = torch.full((n,), 5.0, device=device)  # ...and the next tensor of that size gets it
     g.replay()

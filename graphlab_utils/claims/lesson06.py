@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from graphlab_utils.claims import claim
-from graphlab_utils.recipes import close, warm_up
+from graphlab_utils.recipes import capture, close, warm_up
 
 
 def _chain(x, n: int):
@@ -51,10 +51,7 @@ def content_change_no_update(device):
     import torch
 
     static_in = torch.randn(256, device=device)
-    warm_up(lambda: static_in.exp())
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = static_in.exp()
+    g, out = capture(lambda: static_in.exp())
     new = torch.randn(256, device=device)
     static_in.copy_(new)
     g.replay()
