@@ -25,9 +25,26 @@ else
 PYTHON ?= $(VENV_PYTHON)
 endif
 TORCH_SPEC ?= torch==2.13.0
-TORCH_PIP_ARGS ?=
+# Which PyTorch build `pip install` gets, when neither TORCH_PIP_ARGS nor TORCH_SPEC is given:
+# with an NVIDIA GPU (`nvidia-smi -L` lists one), PyPI's CUDA build; without one, PyPI's file
+# when pip already has a CPU build of TORCH_SPEC on disk (its find-links), else PyTorch's CPU
+# build from its CPU wheel index instead of a CUDA build of several GB. Worked out only when
+# PyTorch is missing.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP_ARGS ?= $(if $(filter file,$(origin TORCH_SPEC)),$(TORCH_AUTO_PIP_ARGS),)
+TORCH_AUTO_PIP_ARGS = $(shell \
+	py="$(PYTHON)"; command -v "$$py" >/dev/null 2>&1 || py=""; \
+	if [ -n "$$py" ] && "$$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)" >/dev/null 2>&1; then :; \
+	elif nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then :; \
+	elif "$${py:-$(BASE_PYTHON)}" -m pip install --dry-run --quiet --no-deps --no-index --ignore-installed "$(TORCH_SPEC)" >/dev/null 2>&1; then :; \
+	else echo "--index-url $(TORCH_CPU_INDEX)"; fi)
 LAB_ARGS ?=
 LAB_NOTEBOOK ?= notebooks/00_welcome.ipynb
+# The course's JupyterLab settings (no news pop-up; a terminal with `graphlab` on its PATH).
+LAB_SETTINGS := $(CURDIR)/tools/lab-settings
+# The folder of $(PYTHON)'s scripts (graphlab, jupyter): first on the PATH of JupyterLab, its
+# kernels and its terminal.
+PYTHON_BIN_DIR = $(if $(filter $(VENV_PYTHON),$(PYTHON)),$(abspath $(VENV))/bin,$(shell "$(PYTHON)" -c "import sysconfig; print(sysconfig.get_path('scripts'))" 2>/dev/null))
 NBVAL_CELL_TIMEOUT ?= 300
 # Test files (and notebooks) run in parallel on every core; a file's tests stay in one worker.
 TEST_WORKERS ?= auto
@@ -68,8 +85,9 @@ env:
 		$(BASE_PYTHON) -m venv $(VENV_ARGS) "$(VENV)"; \
 	fi; \
 	if ! "$(PYTHON)" -c "import torch" >/dev/null 2>&1; then \
-		echo "make: installing PyTorch ($(TORCH_SPEC)) into $(PYTHON)"; \
-		"$(PYTHON)" -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; \
+		torch_pip_args="$(strip $(TORCH_PIP_ARGS))"; \
+		echo "make: installing PyTorch ($(TORCH_SPEC)$${torch_pip_args:+, pip options: $$torch_pip_args}) into $(PYTHON)"; \
+		"$(PYTHON)" -m pip install $$torch_pip_args "$(TORCH_SPEC)"; \
 	fi; \
 	stamp="$(INSTALL_STAMP)"; \
 	if [ -z "$$stamp" ] || [ ! -f "$$stamp" ] || [ pyproject.toml -nt "$$stamp" ]; then \
@@ -80,8 +98,11 @@ env:
 
 lab: env
 	@root_flag=""; if [ "$$(id -u)" = 0 ]; then root_flag="--allow-root"; fi; \
+	echo "make: graphlab is on the PATH in JupyterLab's terminal and notebooks; in another shell type $(PYTHON_BIN_DIR)/graphlab, or first: source $(PYTHON_BIN_DIR)/activate"; \
 	echo "make: starting JupyterLab on 127.0.0.1: open the http://127.0.0.1:<port>/lab/tree/$(LAB_NOTEBOOK)?token=... URL it prints below"; \
+	PATH="$(PYTHON_BIN_DIR):$$PATH" GRAPHLAB_BIN_DIR="$(PYTHON_BIN_DIR)" \
 	"$(PYTHON)" -m jupyter lab --ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
+		--config="$(LAB_SETTINGS)/jupyter_lab_config.py" \
 		--LabApp.default_url="/lab/tree/$(LAB_NOTEBOOK)" $$root_flag $(LAB_ARGS)
 
 test: EXTRAS = test,site
