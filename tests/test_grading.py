@@ -74,7 +74,9 @@ def test_grading_reads_records_not_the_printed_text(sim):
     assert rows[1].expected == "new noise on every replay"
     text_only = new_notebook(cells=[new_code_cell("check()")])
     text_only.cells[0].outputs.append(new_output("stream", name="stdout", text=PASS.text() + "\n"))
-    assert grading.parse_outputs(text_only) == ([], None)  # printed text alone is never read
+    rows, backend = grading.parse_outputs(text_only)  # printed text alone is never read
+    assert [(r.status, r.seen) for r in rows] == [("error", "the cell ran, but its check left no result")]
+    assert backend is None
 
 
 def test_parse_cells_that_raised_and_repeated_checks():
@@ -88,12 +90,13 @@ def test_parse_cells_that_raised_and_repeated_checks():
         cell("check_decoder(B)", decoder),
     ])
     rows, _ = grading.parse_outputs(nb)
+    # one row per check call: the stub that raised in cell 1 is what the check in cell 2 reports
     assert [(r.name, r.status) for r in rows] == [
-        ("cell 1: GAINS = make()", "not done"),
-        ('cell 2: katas.check("kv-cache-reset")', "error"),
+        ('cell 2: katas.check("kv-cache-reset")', "not done"),
         ("decoder", "pass"),
         ("decoder (cell 4)", "pass"),
     ]
+    assert rows[0].seen == "NotImplementedError: Exercise: write the missing code (in cell 1: GAINS = make())"
 
 
 def test_a_demo_cell_is_listed_but_not_graded():
@@ -196,3 +199,48 @@ def test_an_unsolved_lab_fails_and_keeps_going():
     assert len(rows) >= 3  # every exercise's stub, although the first one raised
     assert "the exercise stub still raises NotImplementedError" in r.stdout
     assert "0 of" in r.stdout.splitlines()[-1]
+
+
+# ---------------------------------------------------------------------------------------
+# Exercises come from the lab's structure, not from what its cells printed
+# ---------------------------------------------------------------------------------------
+def _graded(nb):
+    rows, _ = grading.parse_outputs(nb)
+    return [r for r in rows if r.status != "demo"], [r for r in rows if r.status == "demo"]
+
+
+def test_every_lab_and_its_solution_have_the_same_exercises_before_any_run():
+    import nbformat
+
+    for lab_path in sorted((REPO / "labs").glob("[0-9][0-9]_*.ipynb")):
+        lab = nbformat.read(str(lab_path), as_version=4)
+        solution = nbformat.read(str(REPO / "solutions" / lab_path.name), as_version=4)
+        for nb in (lab, solution):
+            for c in nb.cells:
+                if c.cell_type == "code":
+                    c.outputs, c.execution_count = [], None
+        lab_rows, lab_demos = _graded(lab)
+        solution_rows, solution_demos = _graded(solution)
+        assert lab_rows, lab_path.name
+        assert [r.cell for r in lab_rows] == [r.cell for r in solution_rows], lab_path.name
+        assert {r.status for r in lab_rows} == {"not run"}, lab_path.name
+        assert len(lab_demos) == len(solution_demos), lab_path.name
+    lab04 = nbformat.read(str(REPO / "labs" / "04_pointer_baking.ipynb"), as_version=4)
+    rows, demos = _graded(lab04)
+    assert len(rows) == 4 and [d.name for d in demos] == ["cell 27: check_decoder(...)"]
+
+
+def test_lab_04_solved_passes_and_unsolved_passes_none_with_the_same_rows():
+    solved = graphlab("check", "solutions/04_pointer_baking.ipynb", "--backend", "sim")
+    assert solved.returncode == 0, solved.stdout + solved.stderr
+    assert solved.stdout.rstrip().endswith("4 of 4 exercises pass. All done."), solved.stdout
+    assert "demo (not graded)" in solved.stdout
+    unsolved = graphlab("check", "labs/04_pointer_baking.ipynb", "--backend", "sim")
+    assert unsolved.returncode == 1, unsolved.stdout + unsolved.stderr
+    assert unsolved.stdout.rstrip().endswith("0 of 4 exercises pass."), unsolved.stdout
+
+    def table(text):
+        return [line for line in text.split("\n\n")[1].splitlines()[1:]]
+
+    assert len(table(solved.stdout)) == len(table(unsolved.stdout)) == 5  # 4 exercises and the demo
+    assert sum(line.rstrip().endswith("not done") for line in table(unsolved.stdout)) == 4

@@ -20,6 +20,7 @@ a backend that cannot run here), with one sentence saying what is wrong.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import sys
@@ -122,17 +123,45 @@ def _is_demo(source: str) -> bool:
     return any(line.strip().lower().replace(" ", "") == DEMO_MARKER for line in source.splitlines())
 
 
-def parse_outputs(nb) -> tuple[list, str | None]:
-    """The exercises found in an executed notebook's check records, and the backend they ran on.
+CHECK_CALL = re.compile(r"^(?:\w[\w, ]*=\s*)?((?:\w+\.)?check\w*)\(", re.MULTILINE)
 
-    Every check call is a row (a check called in two cells gives two rows, the second named
-    "name (cell N)"); a cell that raised before any check left a record is a row too. A cell
-    marked with the comment ``# graphlab-check: demo`` shows a check on purpose-broken code
-    (a hint is expected there): its rows are listed as "demo" and not graded.
+
+def _is_check_call(node) -> bool:
+    func = node.func if isinstance(node, ast.Call) else None
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return name.startswith("check")
+
+
+def _check_calls(source: str) -> int:
+    """How many top-level check calls a cell's source makes (``check_x(...)``, ``r = L.check(...)``).
+
+    This reads the lab's structure, not its outputs, so the number of exercises is the same
+    for an unsolved lab, its solution and a learner's half-done copy. A call inside a string,
+    a function or a loop is not counted; a cell that does not parse is read line by line.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return len(CHECK_CALL.findall(source))
+    return sum(isinstance(stmt, (ast.Expr, ast.Assign, ast.AnnAssign)) and _is_check_call(stmt.value)
+               for stmt in tree.body)
+
+
+def parse_outputs(nb) -> tuple[list, str | None]:
+    """The exercises of a lab, read from its structure, with what their checks recorded.
+
+    Each top-level check call in a code cell is one exercise row, whatever the cells printed
+    (a check called in two cells gives two rows, the second named "name (cell N)"). A row's
+    result is its cell's check record; a check cell that left no record takes the first error
+    raised since the previous check cell (an exercise stub's ``NotImplementedError`` is "not
+    done"; anything else, a syntax error in the exercise cell, say, is "error"), else it is
+    "not run". A cell marked with the comment ``# graphlab-check: demo`` shows a check on
+    purpose-broken code (a hint is expected there): its rows are listed as "demo" and not graded.
     """
     rows: list[Exercise] = []
     names: set[str] = set()
     backend = None
+    first_error = None  # (cell index, source, (ename, evalue)) since the previous check cell
 
     def add(row: Exercise) -> None:
         if row.name in names:
@@ -148,20 +177,39 @@ def parse_outputs(nb) -> tuple[list, str | None]:
         for record in records:
             if backend is None and record.get("backend"):
                 backend = BACKEND_WORDS.get(record["backend"], str(record["backend"]))
+        calls = _check_calls(cell.source)
+        err = _error(cell)
+        if err is not None and first_error is None:
+            first_error = (index, cell.source, err)
+        if not calls and not records:
+            continue
+        for record in records:
             if record["passed"]:
                 status = "pass"
             else:
                 status = "not done" if STUB in str(record.get("seen", "")) else "hint"
             add(Exercise(str(record["name"]), "demo" if demo else status, str(record.get("expected", "")),
                          str(record.get("seen", "")), str(record.get("idea", "")), index))
-        err = _error(cell)
-        if err is not None and not records and not demo:
-            ename, evalue = err
-            status = "not done" if ename == STUB else "error"
-            add(Exercise(f"cell {index}: {_cell_label(cell.source)}", status,
-                         seen=f"{ename}: {evalue}".rstrip(": "), cell=index,
-                         idea="the exercise above it is not written yet" if status == "not done"
-                         else "this cell raised before any check could run; read the traceback in the notebook"))
+        for _ in range(calls - len(records)):
+            label = f"cell {index}: {_cell_label(cell.source)}"
+            if demo:
+                add(Exercise(label, "demo", cell=index))
+            elif first_error is not None:
+                where, source, (ename, evalue) = first_error
+                status = "not done" if ename == STUB else "error"
+                seen = f"{ename}: {evalue}".rstrip(": ")
+                if where != index:
+                    seen += f" (in cell {where}: {_cell_label(source)})"
+                add(Exercise(label, status, seen=seen, cell=index,
+                             idea="the exercise above it is not written yet" if status == "not done"
+                             else "this cell raised before any check could run; read the traceback in the notebook"))
+            elif cell.get("outputs") or cell.get("execution_count"):
+                add(Exercise(label, "error", seen="the cell ran, but its check left no result", cell=index,
+                             idea="run the lab from the top (Run All) with the course's checks imported"))
+            else:
+                add(Exercise(label, "not run", seen="no check result: the cell did not run", cell=index,
+                             idea="run the lab from the top (Run All)"))
+        first_error = None
     return rows, backend
 
 
