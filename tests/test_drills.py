@@ -69,6 +69,46 @@ def test_key_answers_say_what_an_interviewer_expects():
     assert bank.get("q03_random_branch").answer_zh == "不会。它会永远执行录制时走的那条路。"
 
 
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+def test_every_chinese_quote_has_an_english_translation_shown_beside_it():
+    # the short quotes inside English text, each with the English that stands beside it
+    INLINE_QUOTES = {
+        ("q01_capture_runs_nothing", "why"): ("录像", ", a video recording"),
+        ("q03_python_loop", "why"): ("一条固定的执行路径", ""),  # right after "one fixed path"
+        ("q04_rebind", "why"): ("指针地址固定", ": the pointer addresses are fixed"),
+        ("q06_sglang_instances", "why"): ("维护多实例更常见。", " (For stability, keeping several instances is usually more common.)"),
+        ("q07_static_allocation", "why"): ("在 Capture 之前就把最大显存申请好", ": allocate the maximum memory before capture"),
+    }
+    assert "one fixed path (一条固定的执行路径)" in bank.get("q03_python_loop").why
+    raw = json.loads(bank.DATA_PATH.read_text(encoding="utf-8"))["questions"]
+    quoted = 0
+    for q in raw:
+        chinese = {k for k, v in q.items() if isinstance(v, str) and _HAN.search(v)}
+        for name in chinese - {"question_zh", "answer_zh"}:  # a short quote inside English text
+            quote, english = INLINE_QUOTES.pop((q["id"], name))
+            assert f"{quote}{english}" in q[name], (q["id"], name)
+        for name in chinese & {"question_zh", "answer_zh"}:
+            english = q.get(f"{name}_en") or ""
+            assert english.strip() and not _HAN.search(english), (q["id"], name)
+            quoted += 1
+            shown = render.card(q["id"]) if name == "question_zh" else render.reveal(q["id"])
+            assert "in English: " + " ".join(english.split()[:4]) in " ".join(shown.split())
+    assert quoted >= 20 and not INLINE_QUOTES, INLINE_QUOTES
+    q = bank.get("q04_defrag")
+    assert "<i>In English:</i> We use CUDA Graphs in SGLang" in render._card_html(q)
+    assert "<i>In English:</i> Defragmentation moved" in render._reveal_html(q)
+
+
+def test_a_chinese_quote_without_its_translation_is_a_problem():
+    raw = json.loads(bank.DATA_PATH.read_text(encoding="utf-8"))
+    first = next(q for q in raw["questions"] if q.get("answer_zh"))
+    raw["questions"] = [dict(first, answer_zh_en="")]
+    problems = bank.problems([bank._question(q) for q in raw["questions"]])
+    assert problems == [f"question {first['id']!r}: answer_zh has no English translation in answer_zh_en"]
+
+
 def test_a_broken_bank_is_reported_in_one_sentence(tmp_path):
     raw = json.loads(bank.DATA_PATH.read_text(encoding="utf-8"))
     first = raw["questions"][0]

@@ -157,7 +157,7 @@ runs with scripted answers; in a terminal it reads your keyboard:
 """
 
 TERMINAL = """\
-answers = io.StringIO("A\\nSelect on the device with torch.where, so both paths are computed.\\n\\n")
+answers = io.StringIO("A\\nB\\nSelect on the device with torch.where, so both paths are computed.\\n\\n")
 exit_code = terminal.main(["--id", "q03_random_branch", "--id", "q03_device_branch"], stdin=answers)"""
 
 MOCK_MD = """\

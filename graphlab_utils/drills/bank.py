@@ -77,6 +77,8 @@ class Question:
     key_points: tuple = ()  # KeyPoint, for "free"
     question_zh: str | None = None
     answer_zh: str | None = None
+    question_zh_en: str | None = None  # the English translation of question_zh
+    answer_zh_en: str | None = None  # the English translation of answer_zh
     claim: str | None = None  # the name of a claim in graphlab_utils.claims that proves the answer
     source: str = "course"  # "study guide" when it comes from the course's study guide
 
@@ -104,6 +106,7 @@ def _question(raw: dict) -> Question:
         options=tuple(raw.get("options") or ()), answer=raw.get("answer"),
         key_points=tuple(KeyPoint(k["point"], tuple(k["any"])) for k in raw.get("key_points") or ()),
         question_zh=raw.get("question_zh"), answer_zh=raw.get("answer_zh"),
+        question_zh_en=raw.get("question_zh_en"), answer_zh_en=raw.get("answer_zh_en"),
         claim=raw.get("claim"), source=raw.get("source", "course"),
     )
 
@@ -127,6 +130,9 @@ def problems(questions) -> list:
         for name in ("title", "question", "answer_text", "why"):
             if not str(getattr(q, name) or "").strip():
                 found.append(f"{where}: {name} is empty")
+        for name in ("question_zh", "answer_zh"):
+            if getattr(q, name) and not str(getattr(q, f"{name}_en") or "").strip():
+                found.append(f"{where}: {name} has no English translation in {name}_en")
         if q.kind == "choice":
             if len(q.options) != 4 or not all(o.strip() for o in q.options):
                 found.append(f"{where}: a choice question has four options")

@@ -60,6 +60,7 @@ def card(qid, width: int = 88) -> str:
     lines = [f"[{q.module} · {q.module_title}] {q.id}", q.title, _wrap(q.question, width)]
     if q.question_zh:
         lines.append(_wrap(f"原文 (study guide): {q.question_zh}", width))
+        lines.append(_wrap(f"in English: {q.question_zh_en}", width, "  ", "  "))
     if q.kind == "choice":
         lines += [_wrap(f"{letter}) {option}", width, "  ", "     ") for letter, option in zip(LETTERS, q.options)]
     else:
@@ -76,6 +77,7 @@ def reveal(qid, width: int = 88) -> str:
     lines.append(_wrap(f"model answer: {q.answer_text}", width))
     if q.answer_zh:
         lines.append(_wrap(f"study guide (中文): {q.answer_zh}", width))
+        lines.append(_wrap(f"in English: {q.answer_zh_en}", width, "  ", "  "))
     if q.kind == "free":
         lines.append(_wrap("key points: " + "; ".join(k.point for k in q.key_points), width))
     lines.append(_wrap(f"why: {q.why}", width))
@@ -150,7 +152,8 @@ def _reveal_html(q: Question) -> str:
         parts.append(f"<p><b>Answer:</b> {_inline_html(q.correct_option)}</p>")
     parts.append(f"<p><b>Model answer.</b> {_inline_html(q.answer_text)}</p>")
     if q.answer_zh:
-        parts.append(f"<p><b>Study guide (中文).</b> {_inline_html(q.answer_zh)}</p>")
+        parts.append(f"<p><b>Study guide (中文).</b> {_inline_html(q.answer_zh)}<br>"
+                     f"<i>In English:</i> {_inline_html(q.answer_zh_en)}</p>")
     if q.kind == "free":
         parts.append("<p><b>Key points.</b> " + "; ".join(_inline_html(k.point) for k in q.key_points) + "</p>")
     parts.append(f"<p><b>Why.</b> {_inline_html(q.why)}</p>")
@@ -166,7 +169,8 @@ _STYLE = ("<style>.graphlab-quiz .widget-radio-box label, .graphlab-quiz .jupyte
 
 
 def _card_html(q: Question) -> str:
-    zh = f"<p style='color:#57606a'>原文 (study guide): {_inline_html(q.question_zh)}</p>" if q.question_zh else ""
+    zh = (f"<p style='color:#57606a'>原文 (study guide): {_inline_html(q.question_zh)}<br>"
+          f"<i>In English:</i> {_inline_html(q.question_zh_en)}</p>" if q.question_zh else "")
     return (f"{_STYLE}<div class='graphlab-quiz-card'><div style='color:#57606a;font-size:90%'>module {q.module} · "
             f"{html.escape(q.module_title)} · {q.id}</div><div style='font-weight:600;margin:2px 0'>"
             f"{_inline_html(q.title)}</div><p>{_inline_html(q.question)}</p>{zh}</div>")
