@@ -14,7 +14,8 @@ from graphlab_utils.authoring import grading
 
 REPO = Path(__file__).resolve().parents[1]
 # The labs whose demonstration cells use an exercise's code (a quick run each on the simulator).
-LABS = ["04_pointer_baking", "06_exec_update", "07_graph_memory", "11_decode_engine"]
+LABS = ["01_capture_instantiate_launch", "04_pointer_baking", "06_exec_update", "07_graph_memory", "09_diffusion_warmup",
+        "11_decode_engine"]
 
 
 @pytest.mark.parametrize("stem", LABS)
