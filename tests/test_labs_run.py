@@ -13,7 +13,8 @@ from graphlab_utils.authoring.generated import kernel_manager
 from graphlab_utils.authoring import grading
 
 REPO = Path(__file__).resolve().parents[1]
-# The labs whose demonstration cells use an exercise's code (a quick run each on the simulator).
+# The labs whose cells outside the checks run or read an exercise's code (a few seconds each on the
+# simulator); the other labs call a learner's code only through their checks.
 LABS = ["01_capture_instantiate_launch", "04_pointer_baking", "06_exec_update", "07_graph_memory", "09_diffusion_warmup",
         "11_decode_engine"]
 
