@@ -66,6 +66,7 @@ NO_KERNEL = frozenset({
 _NAMES: dict = {}
 _ALIAS: dict = {}
 _KERNEL: dict = {}
+_INPLACE_VIEW: dict = {}
 
 
 def op_name(func: Any) -> str:
@@ -131,10 +132,19 @@ def is_alias(func: Any) -> bool:
 
 def is_inplace_view(func: Any) -> bool:
     """``squeeze_``, ``unsqueeze_``, ``t_``, ``transpose_``, ``as_strided_``: shape, not bytes."""
+    try:
+        return _INPLACE_VIEW[func]
+    except (KeyError, TypeError):
+        pass
     import torch
 
     tag = getattr(torch.Tag, "inplace_view", None)
-    return tag is not None and tag in getattr(func, "tags", ())
+    result = tag is not None and tag in getattr(func, "tags", ())
+    try:
+        _INPLACE_VIEW[func] = result
+    except TypeError:
+        pass
+    return result
 
 
 def is_kernel_op(func: Any) -> bool:

@@ -46,10 +46,6 @@ def is_modelled() -> bool:
     return backend.is_simulated()
 
 
-def _calibrated_gpu() -> str:
-    return backend.calibration_gpu_name()
-
-
 def device_name() -> str:
     """The GPU the figures come from: the real one, or the one the cost model was calibrated on."""
     try:
@@ -61,7 +57,7 @@ def device_name() -> str:
 def label() -> str:
     """``"measured on <GPU>"`` on a GPU, ``"modelled (calibrated on <GPU>)"`` on the simulator."""
     if is_modelled():
-        return f"modelled (calibrated on {_calibrated_gpu()})"
+        return f"modelled (calibrated on {backend.calibration_gpu_name()})"
     return f"measured on {device_name()}"
 
 
@@ -161,7 +157,7 @@ def _make(samples: list, modelled: bool) -> Timing:
         median_ms=float(statistics.median(samples)),
         samples_ms=[float(s) for s in samples],
         modelled=modelled,
-        device_name=_calibrated_gpu() if modelled else device_name(),
+        device_name=backend.calibration_gpu_name() if modelled else device_name(),
     )
 
 

@@ -15,8 +15,8 @@ from graphlab_utils import backend, recipes
 from graphlab_utils.recipes import close, describe
 
 __all__ = ["RECORD_MIME", "CheckResult", "check", "fail", "ok", "ok_timings", "device", "in_fresh_process",
-           "close", "describe",
-           "side_warm_up"]
+           "close", "describe", "refuse_syncs", "refuse_seen", "graph_and_output", "ok_one_shared_pool",
+           "ok_near_own_measurement"]
 
 RECORD_MIME = "application/vnd.graphlab.check+json"
 
@@ -104,9 +104,6 @@ def in_fresh_process(verify, fn) -> None:
              "a failed capture damages a process on a GPU, so the check runs your function in a fresh "
              "one, with what it uses from the notebook: create streams, generators, locks and open files "
              "inside the function")
-
-
-side_warm_up = recipes.warm_up  # the name the lesson checks use for PyTorch's warm-up recipe
 
 
 def refuse_syncs(watch, what: str, idea: str) -> None:
