@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from graphlab_utils.claims import CUDA_ERROR, FIRST_ERROR, RAISED, claim, error_verdicts
-from graphlab_utils.errors import error_name_in
+from graphlab_utils.errors import RNG_POISONED, error_name_in
 from graphlab_utils.recipes import close, warm_up
 
 REPLAY_AFTER = "replaying the graph afterwards"
@@ -18,7 +18,7 @@ def _randn_after(device) -> str:
         torch.randn(4, device=device)
         return "works"
     except Exception as exc:  # noqa: BLE001 - the error is the outcome
-        return OFFSET_INCREMENT if "Offset increment" in str(exc) else type(exc).__name__
+        return OFFSET_INCREMENT if RNG_POISONED in str(exc) else type(exc).__name__
 
 
 def _failing_capture(device, action) -> dict:

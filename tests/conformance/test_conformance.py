@@ -89,3 +89,24 @@ def test_the_command_runs_claims_and_writes_their_outcomes(tmp_path, capsys):
     saved = json.loads(out.read_text(encoding="utf-8"))
     assert saved == {"sim": {"empty_graph_warns": {"a warning says the graph is empty": True},
                              "unjoined_fork_fails": claims.get("unjoined_fork_fails").expected}}
+
+
+@pytest.mark.parametrize("name", ["memory_stats_after_graph_destroyed", "registered_states_hold_two_blocks_each",
+                                  "reset_keeps_generator_blocks", "freed_input_reused"])
+def test_memory_claims_hold_after_graphs_left_in_a_reference_cycle(sim, name):
+    """make_graphed_callables leaves its graphs in a cycle: until the collector runs they keep the
+    default generator's state (and its two blocks) registered and its pool alive, which claims that
+    count blocks or reuse freed memory must not see."""
+    import gc
+
+    import torch
+
+    module = torch.nn.Linear(4, 4).to(sim.device)
+    graphed = torch.cuda.make_graphed_callables(module, (torch.randn(2, 4, device=sim.device, requires_grad=True),))
+    gc.disable()  # keep the cycle alive until the claim runs, as a busy test process may
+    try:
+        del graphed, module
+        result = claims.run(name)
+    finally:
+        gc.enable()
+    assert result.holds, result.text()
