@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ERROR_STRINGS", "GraphlabError", "cudaError_t", "error_name_in"]
+__all__ = ["ERROR_STRINGS", "GraphlabError", "RNG_POISONED", "cudaError_t", "error_name_in"]
+
+
+# What PyTorch raises at any random op once a failed capture has left its CUDA generator in
+# capture mode (lesson 02): the process stays damaged until it restarts.
+RNG_POISONED = "Offset increment outside graph capture encountered unexpectedly."
 
 
 class GraphlabError(Exception):

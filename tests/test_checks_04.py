@@ -447,7 +447,42 @@ def test_decoder_second_request(L04, decoders):
 
 def test_decoder_not_a_class(L04):
     r = L04.check_decoder(None, quiet=True)
-    assert not r.passed and "NoneType" in r.seen
+    assert not r.passed and r.seen == "None, an object and not a class"
+
+    class Decoder:
+        def __init__(self, W):
+            self.W = W
+
+    r = L04.check_decoder(Decoder(None), quiet=True)  # the instance, not the class
+    assert r.seen == "a Decoder, an object and not a class" and "not an object made by calling it" in r.idea
+
+
+def test_moved_buffers_hint_describes_the_checks_test_object(L04):
+    """The learner never sees the check's object: the hint says what it holds and what action() does."""
+    r = L04.check_moved_buffers(moved_by_identity, quiet=True)
+    assert "tensor attributes cache, rows, pos, table, scratch" in r.expected
+    assert "rebinds table to a view of itself" in r.expected and r.expected.endswith("cache and scratch")
+
+
+def test_an_error_in_the_learners_code_names_its_line(L04):
+    def decode_step(x, pos, k_cache, v_cache, W):
+        return v_cach[pos]  # noqa: F821 - the learner's typo
+
+    r = L04.check_decode_step(decode_step, quiet=True)
+    assert r.seen == "NameError: name 'v_cach' is not defined"
+    assert "of decode_step(): `return v_cach[pos]  # noqa: F821 - the learner's typo`; fix that line" in r.idea
+    assert "above" not in r.idea  # nothing is printed above a check's hint
+
+
+def test_a_process_damaged_by_an_earlier_capture_says_restart_the_kernel(L04):
+    from graphlab_utils.errors import RNG_POISONED
+
+    def decode_step(x, pos, k_cache, v_cache, W):
+        raise RuntimeError(RNG_POISONED)  # what PyTorch raises at a random op after a failed capture
+
+    r = L04.check_decode_step(decode_step, quiet=True)
+    assert "Offset increment outside graph capture" in r.seen
+    assert "an earlier capture failed in this kernel" in r.idea and "restart the kernel" in r.idea
 
 
 def test_checks_print_one_line_on_success(L04, capsys):

@@ -34,3 +34,26 @@ def test_an_unsolved_lab_runs_to_the_end_with_one_hint_per_exercise(stem, monkey
     text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                    for out in cell.get("outputs", []))
     assert "which is not written yet: Exercise:" in text
+
+
+def test_a_capture_that_failed_in_the_kernel_is_named_by_the_next_check(monkeypatch):
+    """Lab 04 as a learner runs it: a step that syncs is captured by a demonstration cell and breaks the
+    kernel's random generator; the check of the fixed step then says to restart the kernel, not 'not yet'."""
+    monkeypatch.setenv("GRAPHLAB_BACKEND", "sim")
+    path = REPO / "solutions" / "04_pointer_baking.ipynb"
+    solved = nbformat.read(str(path), as_version=4)
+    code = [c for c in solved.cells if c.cell_type == "code"]
+    setup, imports, requests, right_step = code[0], code[1], code[2], code[3]
+    buggy_decoder = next(c for c in code if c.source.startswith("def write_rows"))
+    syncing_step = right_step.source.replace("k_cache.index_copy_(0, pos, k)", "k_cache[int(pos)] = k[0]")
+    assert syncing_step != right_step.source
+    cells = [setup.source, imports.source, requests.source, syncing_step, buggy_decoder.source,
+             "try:\n    BuggyDecoder(W)\nexcept Exception as exc:\n    print('the capture failed:', type(exc).__name__)",
+             right_step.source, "result_1 = check_decode_step(decode_step)"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    NotebookClient(nb, km=kernel_manager(), timeout=300, allow_errors=False,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert "the capture failed: AcceleratorError" in nb.cells[5].outputs[0]["text"]
+    (row,) = grading.parse_outputs(nb)[0]
+    assert "Offset increment outside graph capture" in row.seen
+    assert "an earlier capture failed in this kernel" in row.idea and "restart the kernel" in row.idea

@@ -9,13 +9,19 @@ comparison (the repository's ``conftest.py``), so stored outputs hold with or wi
 from __future__ import annotations
 
 import functools
+import linecache
+import site
+import sysconfig
+import traceback
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from graphlab_utils import backend, recipes
+from graphlab_utils.errors import RNG_POISONED
 from graphlab_utils.recipes import close, describe
 
 __all__ = ["RECORD_MIME", "CheckResult", "check", "fail", "ok", "ok_timings", "device", "in_fresh_process",
-           "close", "describe", "refuse_syncs", "refuse_seen", "graph_and_output", "ok_one_shared_pool",
+           "close", "describe", "ok_class", "refuse_syncs", "refuse_seen", "graph_and_output", "ok_one_shared_pool",
            "ok_near_own_measurement"]
 
 RECORD_MIME = "application/vnd.graphlab.check+json"
@@ -106,6 +112,12 @@ def in_fresh_process(verify, fn) -> None:
              "inside the function")
 
 
+def ok_class(cls, expected: str) -> None:
+    """Fail unless the learner passed a class itself, not an instance of it (``check(Decoder)``, not ``check(Decoder(W))``)."""
+    ok(isinstance(cls, type), expected, f"{describe(cls)}, an object and not a class",
+       "pass the class itself, by its name alone, not an object made by calling it")
+
+
 def refuse_syncs(watch, what: str, idea: str) -> None:
     """Fail with ``idea`` when the code a ``graphlab_utils.watch.Watch`` saw read a device value on the CPU."""
     ok(not watch.syncs, f"{what} with no host sync (nothing that needs a device value on the CPU)",
@@ -185,6 +197,46 @@ def _emit_record(result: CheckResult) -> None:
     display({"text/plain": "", RECORD_MIME: result.record()}, raw=True)
 
 
+# Where a traceback frame's code lives when it is not the learner's: the course's package, PyTorch,
+# the standard library and other installed packages (a notebook cell's code lives in a file of
+# the kernel's own, a script's in the learner's folder).
+_NOT_LEARNER_CODE = tuple(str(Path(p).resolve()) for p in {
+    str(Path(__file__).resolve().parents[1]), *site.getsitepackages(), site.getusersitepackages(),
+    *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))})
+
+
+def _learner_frame(exc: BaseException):
+    """The last frame of ``exc``'s traceback that runs the learner's code, or None."""
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        filename = str(Path(frame.f_code.co_filename).resolve())
+        if not filename.startswith(_NOT_LEARNER_CODE) and not frame.f_code.co_filename.startswith("<frozen"):
+            found = (frame, line)
+    return found
+
+
+def error_idea(exc: BaseException) -> str:
+    """The idea of a hint for an exception that a learner's code raised inside a check.
+
+    The check catches the exception, so nothing is printed above the hint: the idea says where
+    the learner's code raised it, or, for an error that means this process's CUDA state is
+    damaged by an earlier failed capture, that the code may be right and the kernel must restart.
+    """
+    if RNG_POISONED in str(exc):
+        return ("an earlier capture failed in this kernel and left PyTorch's CUDA random generator in capture "
+                "mode, so random ops now fail even in right code: restart the kernel (Kernel > Restart Kernel), "
+                "then run the cells again; next time run an exercise's check before the cells that capture it: "
+                "a check stops a capture that would fail before it can damage your kernel")
+    found = _learner_frame(exc)
+    if found is None:
+        return ("PyTorch raised it from a call your code made: the message says what it refused; "
+                "call the function yourself in a cell to see the whole traceback")
+    frame, number = found
+    source = linecache.getline(frame.f_code.co_filename, number, frame.f_globals).strip()
+    where = f"line {number} of {frame.f_code.co_name}()" if frame.f_code.co_name != "<module>" else f"line {number}"
+    return f"your code raised it at {where}: `{source}`; fix that line and run its cell again"
+
+
 def check(name: str):
     """Decorate a check body: it prints one line and returns a CheckResult, whatever happens inside.
 
@@ -206,11 +258,8 @@ def check(name: str):
                     "replace the `raise NotImplementedError(...)` line with your code",
                 )
             except Exception as exc:  # noqa: BLE001 - learner code may raise anything
-                result = CheckResult(
-                    name, False, "code that runs to the end",
-                    f"{type(exc).__name__}: {recipes.first_line(exc)}",
-                    "read the error above: it comes from your code or from PyTorch, not from the check",
-                )
+                result = CheckResult(name, False, "code that runs to the end", recipes.error_line(exc),
+                                     error_idea(exc))
             if not quiet:
                 print(result.text())
                 _emit_record(result)

@@ -29,7 +29,7 @@ from graphlab_utils import recipes
 from graphlab_utils.recipes import seeded_randn
 from graphlab_utils.watch import Watch, Words, watching
 
-from .core import check, close, describe, device, fail, ok
+from .core import check, close, describe, device, fail, ok, ok_class
 
 __all__ = [
     "D",
@@ -257,6 +257,12 @@ def _probe_case():
     return obj, action, {"cache", "scratch"}
 
 
+# What a hint says of _probe_case's object, which the learner never sees.
+_MOVED_ONLY = ("on the check's own test object (tensor attributes cache, rows, pos, table, scratch; its action() "
+               "rebinds cache to a new tensor, writes rows and pos in place, rebinds table to a view of itself, "
+               "sets scratch.data to new memory): only the buffers whose address changed, cache and scratch")
+
+
 def _names(result):
     if isinstance(result, str) or not hasattr(result, "__iter__"):
         return None
@@ -283,12 +289,12 @@ def check_moved_buffers(fn):
        "return the names, as strings, of the tensor attributes whose address changed")
     seen = ", ".join(sorted(names)) or "no names"
     if {"rows", "pos"} & names:
-        fail("only the buffers whose address changed: cache, scratch",
+        fail(_MOVED_ONLY,
              f"{seen}: buffers written in place are listed",
              "compare addresses, not values: copy_, fill_ and += change what a buffer holds and keep its "
              "data_ptr(), and a graph sees those changes. Only a new address makes a graph read stale memory")
     if "table" in names or ("cache" in names and "scratch" not in names):
-        fail("only the buffers whose address changed: cache, scratch", seen,
+        fail(_MOVED_ONLY, seen,
              "compare addresses (t.data_ptr()), not Python objects (`is`, id()): a view such as "
              "t.view(2, 4) is a new object over the same memory, and `t.data = new` keeps the object but "
              "moves it to new memory. The graph only knows addresses")
@@ -296,7 +302,7 @@ def check_moved_buffers(fn):
         fail("only tensor attributes", seen,
              "a graph bakes device addresses; plain Python values are not buffers it reads "
              "(check isinstance(value, torch.Tensor))")
-    ok(names == expected, "cache, scratch", seen,
+    ok(names == expected, _MOVED_ONLY, seen,
        "look at every tensor attribute of the object (vars(obj)), before and after action(), and keep the "
        "names whose data_ptr() differs")
 
@@ -355,8 +361,7 @@ _STALE_IDEA = (
 @check("decoder over a preallocated cache")
 def check_decoder(cls):
     """`cls(W)` with `prefill(prompt)` and `step(x) -> out`: two requests, one graph, equal to eager decoding."""
-    ok(callable(cls), "a class Decoder(W) with methods prefill(prompt) and step(x)", type(cls).__name__,
-       "pass the class itself")
+    ok_class(cls, "a class Decoder(W) with methods prefill(prompt) and step(x)")
     W = make_weights(2)
     watch = Watch(_WORDS)
     with watching(watch, ops=False, host_reads=False):

@@ -29,7 +29,7 @@ from __future__ import annotations
 from graphlab_utils import recipes
 from graphlab_utils.recipes import close as _close, describe as _describe, warm_up
 
-from .core import check, fail, in_fresh_process, ok
+from .core import check, fail, in_fresh_process, ok, ok_class
 from .core import device as _device
 
 __all__ = [
@@ -215,7 +215,7 @@ def check_runner(runner_cls):
 
     from graphlab_utils import profiling, timing
 
-    ok(callable(runner_cls), "the class GraphRunner", _describe(runner_cls), "pass the class itself")
+    ok_class(runner_cls, "the class GraphRunner")
     model = mystery_model()
     runner = runner_cls(model)
     xs = requests(6, seed=1)
@@ -277,7 +277,7 @@ def check_step_runner(runner_cls):
 
     from graphlab_utils import profiling
 
-    ok(callable(runner_cls), "the class StepRunner", _describe(runner_cls), "pass the class itself")
+    ok_class(runner_cls, "the class StepRunner")
     runner = runner_cls(STEP_SHAPE)
     xs = requests(len(_SCHEDULE) + 2, shape=STEP_SHAPE, seed=4)
     calls_made = [(xs[0], _SCHEDULE[0]), (xs[1], _SCHEDULE[0])]       # new x, same t

@@ -37,7 +37,7 @@ import itertools
 from graphlab_utils.errors import error_name_in
 from graphlab_utils.recipes import describe, error_line, first_line, plural
 
-from .core import check, fail, in_fresh_process, ok
+from .core import check, fail, in_fresh_process, ok, ok_class
 from .core import device as _device
 
 __all__ = [
@@ -141,8 +141,7 @@ def _capture_error_hint(exc: BaseException, where: str) -> None:
 def check_graphed_step(GraphedStep):
     """``GraphedStep(model, loss_fn, optimizer, static_x, static_y, warmup_batches)``; calling it
     trains one step on what the static inputs hold and returns the loss."""
-    ok(callable(GraphedStep), "a class GraphedStep(model, loss_fn, optimizer, static_x, static_y, warmup_batches)",
-       describe(GraphedStep), "pass the class itself")
+    ok_class(GraphedStep, "a class GraphedStep(model, loss_fn, optimizer, static_x, static_y, warmup_batches)")
     in_fresh_process(_verify_graphed_step, GraphedStep)
 
 
@@ -463,7 +462,7 @@ def _verify_amp_training(amp_training):
 @check("training step speed")
 def check_step_speed(GraphedStep):
     """The learner's GraphedStep at least MIN_SPEEDUP times faster than an eager step."""
-    ok(callable(GraphedStep), "the class GraphedStep", describe(GraphedStep), "pass the class itself")
+    ok_class(GraphedStep, "the class GraphedStep")
     in_fresh_process(_verify_step_speed, GraphedStep)
 
 

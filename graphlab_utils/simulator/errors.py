@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from graphlab_utils.errors import ERROR_STRINGS, GraphlabError, cudaError_t, error_name_in  # noqa: F401 (re-exported)
+from graphlab_utils.errors import ERROR_STRINGS, RNG_POISONED, GraphlabError, cudaError_t, error_name_in  # noqa: F401 (re-exported)
 
 
 # The line PyTorch's C10_CUDA_CHECK appends after the error string.
@@ -17,9 +17,6 @@ _TORCH_TAIL = (
     "so the stacktrace below might be incorrect.\n"
     "For debugging consider passing CUDA_LAUNCH_BLOCKING=1"
 )
-
-RNG_POISONED = "Offset increment outside graph capture encountered unexpectedly."
-
 
 class SimulatorWarning(UserWarning):
     """The simulator says something a GPU would not print, e.g. that it invented bytes."""
