@@ -531,7 +531,7 @@ def plot_timeline(trace: Trace, ax: Any = None, title: str | None = None, xlim: 
         end = max((s.end_us for s in everything), default=1.0)
         ax.set_xlim(0, end * 1.02)
     if title is None:
-        title = f"{trace.title + ': ' if trace.title else ''}{trace.counts()} ({trace.label})"
+        title = f"{trace.title + ': ' if trace.title else ''}{trace.counts()}\n{trace.label}"
     if title:
         ax.set_title(title, fontsize=9, loc="left")
     if legend:
@@ -543,9 +543,9 @@ def plot_timeline(trace: Trace, ax: Any = None, title: str | None = None, xlim: 
             handles.append(Patch(facecolor=DEVICE_COLOURS[0], label="kernel"))
         if any(s.kind != "kernel" for s in trace.device):
             handles.append(Patch(facecolor=COPY_COLOUR, label="copy / memset"))
-        if handles:
-            ax.legend(handles=handles, fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0),
-                      ncol=len(handles), frameon=False, borderaxespad=0.1)
+        if handles:  # right of the lanes, where no title can run into it
+            ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0),
+                      ncol=1, frameon=False, borderaxespad=0.0)
     return ax
 
 

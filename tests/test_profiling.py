@@ -122,6 +122,26 @@ def test_plots_draw_without_error(sim):
     plt.close("all")
 
 
+def test_timeline_title_names_the_timing_once_and_clears_the_legend(sim):
+    """A long title (lesson 09's eager step) and the legend: no doubled parentheses, no overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fn, _ = workloads.chain(8, sim.device)
+    trace = profiling.profile(fn, title="eager step of the UNet, classifier-free guidance, batch 1")
+    ax = profiling.plot_timeline(trace)
+    title = ax.get_title(loc="left")
+    assert title.splitlines() == [f"{trace.title}: {trace.counts()}", trace.label]
+    assert "((" not in title and "))" not in title
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    title_box = ax._left_title.get_window_extent(renderer)  # the Text of a loc="left" title
+    assert not title_box.overlaps(ax.get_legend().get_window_extent(renderer))
+    plt.close("all")
+
+
 def test_chrome_trace_export(sim, tmp_path):
     fn, _ = workloads.chain(12, sim.device)
     trace = profiling.profile(_graph_of(fn).replay, title="graphed")

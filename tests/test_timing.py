@@ -267,3 +267,19 @@ def test_real_simulator_clock_is_compatible():
     if not hasattr(clock, "CLOCK"):
         pytest.skip("the simulator's clock has no CLOCK yet")
     assert isinstance(clock.CLOCK.host_now_ms(), float)
+
+
+def test_stored_outputs_name_the_timing_once_per_line():
+    """A line of figures says how they were timed once, at its end, not after every figure."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    crowded = []
+    for path in sorted([*root.glob("notebooks/*.ipynb"), *root.glob("solutions/*.ipynb")]):
+        for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+                crowded += [f"{path.name} cell {i}: {line}" for line in text.splitlines()
+                            if line.count("calibrated on") + line.count("measured on") > 1 or "(modelled (" in line]
+    assert not crowded, "\n".join(crowded)
