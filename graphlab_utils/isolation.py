@@ -282,9 +282,10 @@ def _pack(exc: BaseException) -> dict:
         e = e.__context__
     try:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        frames = [(f.filename, f.lineno, f.name, f.line or "") for f in traceback.extract_tb(exc.__traceback__)]
     except Exception:  # noqa: BLE001
-        text = ""
-    return {"chain": links, "traceback": text}
+        text, frames = "", []
+    return {"chain": links, "traceback": text, "frames": frames}
 
 
 def _rebuild(link: dict) -> BaseException:
@@ -324,6 +325,10 @@ def _unpack(body: dict) -> BaseException:
         if link["caused"]:
             exc.__cause__ = older
     top = built[0]
+    try:  # where it was raised, for a hint that names the learner's line (checks.core.error_idea)
+        top.remote_frames = body.get("frames", [])
+    except AttributeError:  # an exception class with __slots__
+        pass
     if body["traceback"] and hasattr(top, "add_note"):
         top.add_note("Raised in a fresh process (graphlab_utils.isolation); its traceback there:\n"
                      + body["traceback"].rstrip())

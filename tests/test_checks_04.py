@@ -503,3 +503,4 @@ def test_reference_decoding_matches_masked_attention(L04):
     for t in range(3):
         out = step_reference(xs[t:t + 1], torch.tensor([2 + t], device=_dev()), k, v, W)
         assert torch.allclose(out, refs[t], rtol=1e-4, atol=1e-5)
+

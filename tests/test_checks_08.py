@@ -379,3 +379,14 @@ def test_decode_lambda_is_captured_in_a_fresh_process(capsys):
                       "if tensor:")
     pids = {int(line.split()[-1]) for line in capsys.readouterr().out.splitlines()}
     assert len(pids) == 1 and os.getpid() not in pids
+
+
+def test_an_error_in_code_the_check_ran_in_a_fresh_process_names_its_line():
+    """The decode step's check runs the learner's step in a fresh process: the hint still quotes its line."""
+    def decode_step(h, w):
+        logits = h @ w
+        return logits.softmax(-1) * temprature  # noqa: F821 - the learner's typo
+
+    r = L.check_decode_step(decode_step, quiet=True)
+    assert r.seen == "NameError: name 'temprature' is not defined"
+    assert "of decode_step(): `return logits.softmax(-1) * temprature" in r.idea

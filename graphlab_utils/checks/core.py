@@ -110,6 +110,26 @@ def in_fresh_process(verify, fn) -> None:
              "a failed capture damages a process on a GPU, so the check runs your function in a fresh "
              "one, with what it uses from the notebook: create streams, generators, locks and open files "
              "inside the function")
+    except Exception as exc:
+        if hasattr(exc, "remote_frames"):
+            # The learner's code travels by value (cloudpickle), which drops its file names:
+            # name them again from ``fn``'s own code, so that the hint can quote the line.
+            files = {code.co_name: code.co_filename for code in _codes(fn)}
+            exc.remote_frames = [(files.get(name, path) if path == "<dynamic-code>" else path, line, name, src)
+                                 for path, line, name, src in exc.remote_frames]
+        raise
+
+
+def _codes(obj):
+    """The code objects of a function or a class's methods, nested functions included."""
+    import inspect
+
+    functions = [v for v in vars(obj).values() if inspect.isfunction(v)] if inspect.isclass(obj) else [obj]
+    stack = [f.__code__ for f in functions if hasattr(f, "__code__")]
+    while stack:
+        code = stack.pop()
+        yield code
+        stack.extend(c for c in code.co_consts if inspect.iscode(c))
 
 
 def ok_class(cls, expected: str) -> None:
@@ -206,13 +226,13 @@ _NOT_LEARNER_CODE = tuple(str(Path(p).resolve()) for p in {
 
 
 def _learner_frame(exc: BaseException):
-    """The last frame of ``exc``'s traceback that runs the learner's code, or None."""
-    found = None
-    for frame, line in traceback.walk_tb(exc.__traceback__):
-        filename = str(Path(frame.f_code.co_filename).resolve())
-        if not filename.startswith(_NOT_LEARNER_CODE) and not frame.f_code.co_filename.startswith("<frozen"):
-            found = (frame, line)
-    return found
+    """``(filename, line number, function, source)`` of the last frame of ``exc``'s traceback that runs
+    the learner's code, or None; for an exception from a fresh process, its frames there."""
+    frames = getattr(exc, "remote_frames", None) or [
+        (f.filename, f.lineno, f.name, f.line or "") for f in traceback.extract_tb(exc.__traceback__)]
+    mine = [f for f in frames
+            if not f[0].startswith("<frozen") and not str(Path(f[0]).resolve()).startswith(_NOT_LEARNER_CODE)]
+    return mine[-1] if mine else None
 
 
 def error_idea(exc: BaseException) -> str:
@@ -231,9 +251,9 @@ def error_idea(exc: BaseException) -> str:
     if found is None:
         return ("PyTorch raised it from a call your code made: the message says what it refused; "
                 "call the function yourself in a cell to see the whole traceback")
-    frame, number = found
-    source = linecache.getline(frame.f_code.co_filename, number, frame.f_globals).strip()
-    where = f"line {number} of {frame.f_code.co_name}()" if frame.f_code.co_name != "<module>" else f"line {number}"
+    filename, number, function, source = found
+    source = (source or linecache.getline(filename, number)).strip()  # a notebook cell's lines live here
+    where = f"line {number} of {function}()" if function != "<module>" else f"line {number}"
     return f"your code raised it at {where}: `{source}`; fix that line and run its cell again"
 
 
