@@ -21,7 +21,7 @@ from graphlab_utils.errors import RNG_POISONED
 from graphlab_utils.recipes import close, describe
 
 __all__ = ["RECORD_MIME", "CheckResult", "check", "fail", "ok", "ok_timings", "device", "in_fresh_process",
-           "close", "describe", "ok_class", "refuse_syncs", "refuse_seen", "graph_and_output", "ok_one_shared_pool",
+           "close", "describe", "ok_bucket_captures", "ok_class", "ok_faster", "refuse_syncs", "refuse_seen", "graph_and_output", "ok_one_shared_pool",
            "ok_near_own_measurement"]
 
 RECORD_MIME = "application/vnd.graphlab.check+json"
@@ -136,6 +136,27 @@ def ok_class(cls, expected: str) -> None:
     """Fail unless the learner passed a class itself, not an instance of it (``check(Decoder)``, not ``check(Decoder(W))``)."""
     ok(isinstance(cls, type), expected, f"{describe(cls)}, an object and not a class",
        "pass the class itself, by its name alone, not an object made by calling it")
+
+
+def ok_bucket_captures(log, buckets, what: str, capture_idea: str, order_idea: str, where: str = "") -> None:
+    """One capture per bucket, from the largest down (lesson 05), read from a probe's ``(rows, capturing)`` log."""
+    order = sorted(set(buckets), reverse=True)
+    captured = [rows for rows, capturing in log if capturing]
+    prefix = f"{where}: " if where else ""
+    ok(sorted(captured) == sorted(order), f"{prefix}one capture of {what} per bucket, on that many rows: {order} in "
+       "some order", f"{what} captured with {captured or 'no'} rows", capture_idea)
+    ok(captured == order, f"{prefix}captures from the largest bucket down: {order}", f"captured in the order {captured}",
+       order_idea)
+
+
+def ok_faster(fast, eager, needed: float, expected: str, idea: str, name: str = "graphed") -> None:
+    """``fast`` (a Timing) at least ``needed`` times faster than ``eager``; ``expected`` says what is compared
+    ("the runner ... faster than eager ..."), the hint adds how it was timed and both figures."""
+    from graphlab_utils import timing
+
+    ratio = timing.speedup(eager, fast)
+    ok(ratio >= needed, f"{expected}, {timing.label()}",
+       f"{name} {timing.format_ms(fast.ms)}, eager {timing.format_ms(eager.ms)}: {timing.format_ratio(ratio)}", idea)
 
 
 def refuse_syncs(watch, what: str, idea: str) -> None:

@@ -35,7 +35,7 @@ import random
 
 from graphlab_utils.recipes import close, error_line, plural, seeded_randn
 
-from .core import check, fail, ok, ok_one_shared_pool
+from .core import check, fail, ok, ok_bucket_captures, ok_faster, ok_one_shared_pool
 from .core import device as _device
 
 __all__ = [
@@ -267,19 +267,14 @@ def _check_one_runner(Runner, buckets, calls, seed: int) -> None:
     where = f"buckets {list(buckets)}"
 
     # -- the captures ---------------------------------------------------------------------
-    captured = [rows for rows, capturing in probe.log if capturing]
-    ok(sorted(captured) == sorted(expected_order),
-       f"{where}: one capture of the model per bucket, on that many rows: {expected_order} in some order",
-       f"the model was called inside a capture with {captured or 'no'} rows",
-       "capture one graph per bucket: inside `with torch.cuda.graph(g, pool=...)`, run the model on a "
-       "prefix view static_in[:bs] of the static input, so the graph is built for bs rows")
-    ok(captured == expected_order,
-       f"{where}: captures from the largest bucket down: {expected_order}",
-       f"captured in the order {captured}",
-       "capture the largest bucket first (SGLang iterates reversed(capture_bs)): its intermediates are "
-       "freed into the shared pool at the end of its capture, and every smaller graph then fits in those "
-       "blocks. Smallest first, a freed small block cannot hold a bigger graph's tensors and the pool grows. "
-       "Sort the buckets: they may come in any order")
+    ok_bucket_captures(
+        probe.log, buckets, "the model",
+        "capture one graph per bucket: inside `with torch.cuda.graph(g, pool=...)`, run the model on a "
+        "prefix view static_in[:bs] of the static input, so the graph is built for bs rows",
+        "capture the largest bucket first (SGLang iterates reversed(capture_bs)): its intermediates are "
+        "freed into the shared pool at the end of its capture, and every smaller graph then fits in those "
+        "blocks. Smallest first, a freed small block cannot hold a bigger graph's tensors and the pool grows. "
+        "Sort the buckets: they may come in any order", where=where)
 
     # -- graphs and pool ------------------------------------------------------------------
     graphs = getattr(runner, "graphs", None)
@@ -429,12 +424,9 @@ def check_runner_speed(Runner):
        "make check_runner pass first")
     graphed = timing.measure(lambda: runner(x))
     eager = timing.measure(lambda: model(x))
-    ratio = timing.speedup(eager, graphed)
-    ok(ratio >= MIN_SPEEDUP,
-       f"the runner at least {MIN_SPEEDUP}x faster than the eager model at batch 5, {timing.label()}",
-       f"runner {graphed}, eager {eager}: {timing.format_ratio(ratio)}",
-       "a call should cost one copy into the static input and one replay: no capture, no "
-       "synchronize, no eager run of the model, no extra kernels per call")
+    ok_faster(graphed, eager, MIN_SPEEDUP, f"the runner at least {MIN_SPEEDUP}x faster than the eager model at batch 5",
+              "a call should cost one copy into the static input and one replay: no capture, no "
+              "synchronize, no eager run of the model, no extra kernels per call", name="runner")
 
 
 # ---------------------------------------------------------------------------------------

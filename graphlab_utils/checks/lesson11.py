@@ -32,7 +32,7 @@ from graphlab_utils.recipes import error_line, plural
 
 from graphlab_utils.watch import CountingGraph
 
-from .core import check, fail, ok, ok_one_shared_pool
+from .core import check, fail, ok, ok_bucket_captures, ok_faster, ok_one_shared_pool
 from .core import device as _device
 
 __all__ = [
@@ -422,12 +422,10 @@ def check_replay_speed(replay):
     repeat = 1 if timing.is_modelled() else 20
     graphed = timing.measure(lambda: replay(runner, batch), warmup=1, repeat=repeat)
     eager = timing.measure(lambda: model.decode(kv, batch), warmup=1, repeat=repeat)
-    ratio = timing.speedup(eager, graphed)
-    ok(ratio >= MIN_SPEEDUP,
-       f"the graphed step at least {MIN_SPEEDUP:.0f}x faster than the eager step at batch 1, {timing.label()}",
-       f"graphed {graphed}, eager {eager}: {timing.format_ratio(ratio)}",
-       "a call should cost a few copies into the static inputs and one replay: no capture, no synchronize, "
-       "no .item() or .tolist() on the way, no eager run of the model")
+    ok_faster(graphed, eager, MIN_SPEEDUP,
+              f"the graphed step at least {MIN_SPEEDUP:.0f}x faster than the eager step at batch 1",
+              "a call should cost a few copies into the static inputs and one replay: no capture, no synchronize, "
+              "no .item() or .tolist() on the way, no eager run of the model")
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,18 +474,13 @@ def check_warm_up(warm_up):
     runner = _lab_runner_class()(probe, kv, buckets, capture=False)
     _call(warm_up, runner, what="warm_up(runner)")
     torch.cuda.synchronize()
+    ok_bucket_captures(
+        probe.log, buckets, "the step",
+        "for each bucket n, capture runner.step(n) (the step on the first n rows of the static inputs) into a "
+        "torch.cuda.CUDAGraph, after a warm-up (recipes.capture does both)",
+        "capture the largest bucket first (SGLang and vLLM iterate over the sizes reversed): its intermediates go "
+        "back to the shared pool when its capture ends, and each smaller graph fits in those blocks")
     order = sorted(set(buckets), reverse=True)
-    captured = [rows for rows, capturing in probe.log if capturing]
-    ok(sorted(captured) == sorted(order),
-       f"one capture of the step per bucket: {order} in some order",
-       f"the step was captured with {captured or 'no'} rows",
-       "for each bucket n, capture runner.step(n) (the step on the first n rows of the static inputs) into a "
-       "torch.cuda.CUDAGraph, after a warm-up (recipes.capture does both)")
-    ok(captured == order,
-       f"captures from the largest bucket down: {order}",
-       f"captured in the order {captured}",
-       "capture the largest bucket first (SGLang and vLLM iterate over the sizes reversed): its intermediates go "
-       "back to the shared pool when its capture ends, and each smaller graph fits in those blocks")
     graphs, outputs = getattr(runner, "graphs", None), getattr(runner, "outputs", None)
     ok(isinstance(graphs, dict) and set(graphs) == set(order) and isinstance(outputs, dict) and set(outputs) == set(order),
        f"runner.graphs and runner.outputs: dicts keyed by bucket, {sorted(order)}",

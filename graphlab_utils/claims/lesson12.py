@@ -27,6 +27,16 @@ def _fresh():
     torch.compiler.reset()
 
 
+def _compiled_model(device, *seeds: int):
+    """A fresh compiler, the small model, its reduce-overhead compilation and one input per seed."""
+    import torch
+
+    _fresh()
+    model = _model(device)
+    return (model, torch.compile(model, mode="reduce-overhead"),
+            *(seeded_randn(seed, 4, 32, device=device) for seed in seeds))
+
+
 @claim("reduce-overhead warms a function up on its first call, records it on the second, replays from the third", {
     "what the tree did on calls 1 to 4": ["warm-up", "record", "replay", "replay"],
     "every call equals eager": True})
@@ -35,10 +45,7 @@ def compile_warm_up_record_replay(device):
 
     from graphlab_utils.checks.lesson12 import watch_trees
 
-    _fresh()
-    model = _model(device)
-    compiled = torch.compile(model, mode="reduce-overhead")
-    x = seeded_randn(1, 4, 32, device=device)
+    model, compiled, x = _compiled_model(device, 1)
     equal = True
     with watch_trees() as seen:
         for _ in range(4):
@@ -78,10 +85,7 @@ def compile_records_per_shape(device):
 def compile_overwritten_output(device):
     import torch
 
-    _fresh()
-    model = _model(device)
-    compiled = torch.compile(model, mode="reduce-overhead")
-    x1, x2 = seeded_randn(2, 4, 32, device=device), seeded_randn(3, 4, 32, device=device)
+    model, compiled, x1, x2 = _compiled_model(device, 2, 3)
     y1 = compiled(x1)
     kept = y1.clone()
     compiled(x2)
@@ -103,10 +107,7 @@ def compile_overwritten_output(device):
 def compile_replay_overwrites_in_place(device):
     import torch
 
-    _fresh()
-    model = _model(device)
-    compiled = torch.compile(model, mode="reduce-overhead")
-    x1, x2 = seeded_randn(4, 4, 32, device=device), seeded_randn(5, 4, 32, device=device)
+    model, compiled, x1, x2 = _compiled_model(device, 4, 5)
     for _ in range(3):
         compiled(x1)
     a = compiled(x1)
@@ -128,10 +129,7 @@ def compile_mark_step_keeps_one_step(device):
 
     from graphlab_utils.checks.lesson12 import watch_trees
 
-    _fresh()
-    model = _model(device)
-    compiled = torch.compile(model, mode="reduce-overhead")
-    x1, x2 = seeded_randn(6, 4, 32, device=device), seeded_randn(7, 4, 32, device=device)
+    model, compiled, x1, x2 = _compiled_model(device, 6, 7)
     steps, right = [], True
     with watch_trees() as seen:
         for _ in range(3):

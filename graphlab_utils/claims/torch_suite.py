@@ -16,7 +16,7 @@ import warnings
 from copy import deepcopy
 
 from graphlab_utils.claims import CUDA_ERROR, FIRST_ERROR, RAISED, claim, error_verdicts
-from graphlab_utils.recipes import close
+from graphlab_utils.recipes import capture, close
 
 EMPTY_GRAPH = "The CUDA Graph is empty"
 
@@ -63,22 +63,33 @@ def stream_reports_capturing(device):
     return out
 
 
-@claim("ten additions captured on a side stream run once per replay", {"sum after one replay": 11000.0})
-def capture_simple(device):
-    """test_graph_capture_simple"""
+def _ten_additions(s, device, empty_cache: bool = False):
+    """Capture ``b = a + 1`` ten times over 1,000 ones on stream ``s`` (``empty_cache()`` first, if asked).
+
+    Returns the graph, a (its input, which the caller keeps alive) and b (its output).
+    """
     import torch
 
-    s = torch.cuda.Stream()
     with torch.cuda.stream(s):
         a = torch.full((1000,), 1.0, device=device)
         g = torch.cuda.CUDAGraph()
-        torch.cuda.empty_cache()
+        if empty_cache:
+            torch.cuda.empty_cache()
         g.capture_begin()
         b = a
         for _ in range(10):
             b = b + 1
         g.capture_end()
     torch.cuda.current_stream().wait_stream(s)
+    return g, a, b
+
+
+@claim("ten additions captured on a side stream run once per replay", {"sum after one replay": 11000.0})
+def capture_simple(device):
+    """test_graph_capture_simple"""
+    import torch
+
+    g, _a, b = _ten_additions(torch.cuda.Stream(), device, empty_cache=True)
     g.replay()
     return {"sum after one replay": b.sum().item()}
 
@@ -90,15 +101,7 @@ def reset_and_recapture(device):
     import torch
 
     s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        a = torch.full((1000,), 1.0, device=device)
-        g = torch.cuda.CUDAGraph()
-        g.capture_begin()
-        b = a
-        for _ in range(10):
-            b = b + 1
-        g.capture_end()
-    torch.cuda.current_stream().wait_stream(s)
+    g, _a, b = _ten_additions(s, device)
     g.replay()
     first = b.sum().item()
     g.reset()
@@ -113,25 +116,56 @@ def reset_and_recapture(device):
     return {"sum after the first capture's replay": first, "sum after reset, a new capture and its replay": b.sum().item()}
 
 
-@claim("debug_dump writes a two-stream graph as a DOT file", {"a DOT file is written": True, "it holds a digraph": True})
-def debug_dump_two_streams(device):
-    """test_graph_debugdump"""
+def _refusal(call, raised: str, message: str, words: str) -> dict:
+    """Whether ``call()`` raises a RuntimeError (under the key ``raised``) and, if it does, whether its
+    message holds ``words`` (under the key ``message``)."""
+    try:
+        call()
+        return {raised: None}
+    except RuntimeError as exc:
+        return {raised: "RuntimeError", message: words in str(exc)}
+
+
+def _capture_fork_join(g, numel: int, device, inside: bool):
+    """Capture ``z = x + y`` on a side stream s0 and ``w = z + y`` on s1, forked from s0 and joined back.
+
+    ``inside``: s1's work is issued inside s0's ``with`` block (test_graph_debugdump); otherwise
+    after it, with s0 entered again to end the capture (test_cuda_graph_allocator_propagates_stream).
+    Returns s0 and the outputs z and w (the tests keep them alive to the end).
+    """
     import torch
 
-    x = torch.randn(1 << 16, device=device)
+    x = torch.randn(numel, device=device)
     y = torch.rand_like(x)
-    g = torch.cuda.CUDAGraph()
-    g.enable_debug_mode()
     s0, s1 = torch.cuda.Stream(), torch.cuda.Stream()
     s0.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s0):
         g.capture_begin()
         z = x + y
+        if inside:
+            with torch.cuda.stream(s1):
+                s1.wait_stream(s0)
+                w = z + y
+            s0.wait_stream(s1)
+            g.capture_end()
+    if not inside:
         with torch.cuda.stream(s1):
             s1.wait_stream(s0)
             w = z + y
         s0.wait_stream(s1)
-        g.capture_end()
+        with torch.cuda.stream(s0):
+            g.capture_end()
+    return s0, z, w
+
+
+@claim("debug_dump writes a two-stream graph as a DOT file", {"a DOT file is written": True, "it holds a digraph": True})
+def debug_dump_two_streams(device):
+    """test_graph_debugdump"""
+    import torch
+
+    g = torch.cuda.CUDAGraph()
+    g.enable_debug_mode()
+    s0, *_outputs = _capture_fork_join(g, 1 << 16, device, inside=True)
     s0.synchronize()
     torch.cuda.synchronize()
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
@@ -173,14 +207,7 @@ def capture_in_a_worker_thread(device):
 
     def work():
         try:
-            warm = lambda: x * 2 + 1  # noqa: E731
-            side = _side_stream()
-            with torch.cuda.stream(side):
-                warm()
-            torch.cuda.current_stream().wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                out = x * 2 + 1
+            g, out = capture(lambda: x * 2 + 1, warmup=1)
             g.replay()
             torch.cuda.synchronize()
             seen.update({RAISED: None, "result correct": close(out, x * 2 + 1)})
@@ -510,20 +537,8 @@ def side_stream_allocations_use_the_graph_pool(device):
     """test_cuda_graph_allocator_propagates_stream"""
     import torch
 
-    x = torch.randn(1 << 20, device=device)
-    y = torch.rand_like(x)
     g = torch.cuda.CUDAGraph()
-    s0, s1 = torch.cuda.Stream(), torch.cuda.Stream()
-    s0.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s0):
-        g.capture_begin()
-        z = x + y
-    with torch.cuda.stream(s1):
-        s1.wait_stream(s0)
-        w = z + y
-    s0.wait_stream(s1)
-    with torch.cuda.stream(s0):
-        g.capture_end()
+    _s0, *_outputs = _capture_fork_join(g, 1 << 20, device, inside=False)
     pool = tuple(g.pool())
     segments = [seg for seg in torch.cuda.memory_snapshot() if tuple(seg["segment_pool_id"]) == pool]
     return {"new segments of the graph's pool": len(segments)}
@@ -569,25 +584,18 @@ def _pinned_pair(device, use: bool, delete: bool, shared: bool) -> bool:
     import torch
 
     pool = torch.cuda.graph_pool_handle() if shared else None
-    graph1, graph2 = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    graphs, pointers = [torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()], []
     with _quiet():
-        with torch.cuda.graph(graph1, pool=pool, capture_error_mode="thread_local"):
-            data = torch.randn(8).pin_memory()
-            if use:
-                data_gpu = torch.randn(8, device=device)
-                data_gpu.copy_(data, non_blocking=True)
-            old = data.data_ptr()
-            if delete:
-                del data
-        with torch.cuda.graph(graph2, pool=pool, capture_error_mode="thread_local"):
-            data2 = torch.randn(8).pin_memory()
-            if use:
-                data_gpu = torch.randn(8, device=device)
-                data_gpu.copy_(data2, non_blocking=True)
-            new = data2.data_ptr()
-            if delete:
-                del data2
-    return new == old
+        for graph in graphs:  # the first graph's block, if kept, is alive while the second is captured
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                data = torch.randn(8).pin_memory()
+                if use:
+                    data_gpu = torch.randn(8, device=device)
+                    data_gpu.copy_(data, non_blocking=True)
+                pointers.append(data.data_ptr())
+                if delete:
+                    del data
+    return pointers[1] == pointers[0]
 
 
 @claim("pinned host memory in a capture: a block is reused only if it was freed and no captured copy used it", {
@@ -990,6 +998,21 @@ def lstm_dropout_capture(device):
 
 
 # -- raw graphs and executables ------------------------------------------------------------------------
+def _captured_sum(device, keep_graph: bool):
+    """The graph of PyTorch's raw-graph tests: ``z = x + y`` over 2,000 zeros and ones, relaxed mode.
+
+    Returns the graph (made with ``keep_graph``) and z, its output.
+    """
+    import torch
+
+    graph = torch.cuda.CUDAGraph(keep_graph=keep_graph)
+    x = torch.zeros([2000], device=device)
+    y = torch.ones([2000], device=device)
+    with torch.cuda.graph(graph, capture_error_mode="relaxed"):
+        z = x + y
+    return graph, z
+
+
 @claim("without keep_graph there is no cudaGraph_t to reach, and instantiate() is not for the learner", {
     "instantiate() raises": "RuntimeError", "its message names keep_graph": True,
     "raw_cuda_graph() raises": "RuntimeError", "its message names keep_graph=true": True})
@@ -997,22 +1020,10 @@ def raw_graph_needs_keep_graph(device):
     """test_cuda_graph_raw_graph_keep_graph_false"""
     import torch
 
-    graph = torch.cuda.CUDAGraph(keep_graph=False)
-    x = torch.zeros([2000], device=device)
-    y = torch.ones([2000], device=device)
-    with torch.cuda.graph(graph, capture_error_mode="relaxed"):
-        z = x + y
-    out = {}
-    for key, call, word in (("instantiate()", graph.instantiate, "keep_graph=true"),
-                            ("raw_cuda_graph()", graph.raw_cuda_graph, "keep_graph=true")):
-        try:
-            call()
-            out[f"{key} raises"] = None
-        except RuntimeError as exc:
-            out[f"{key} raises"] = "RuntimeError"
-            label = "its message names keep_graph" if key == "instantiate()" else "its message names keep_graph=true"
-            out[label] = word in str(exc)
-    return out
+    graph, _z = _captured_sum(device, keep_graph=False)
+    return {**_refusal(graph.instantiate, "instantiate() raises", "its message names keep_graph", "keep_graph=true"),
+            **_refusal(graph.raw_cuda_graph, "raw_cuda_graph() raises", "its message names keep_graph=true",
+                       "keep_graph=true")}
 
 
 @claim("the raw cudaGraph_t of a kept graph lists its nodes through cuda-python", {
@@ -1023,11 +1034,7 @@ def raw_graph_nodes(device):
 
     from graphlab_utils import cudart
 
-    graph = torch.cuda.CUDAGraph(keep_graph=True)
-    x = torch.zeros([2000], device=device)
-    y = torch.ones([2000], device=device)
-    with torch.cuda.graph(graph, capture_error_mode="relaxed"):
-        z = x + y
+    graph, z = _captured_sum(device, keep_graph=True)
     raw = cudart.cudaGraph_t(init_value=graph.raw_cuda_graph())
     err, _, count = cudart.cudaGraphGetNodes(raw)
     err2, nodes, _ = cudart.cudaGraphGetNodes(raw, count)
@@ -1048,11 +1055,7 @@ def raw_graph_exec_flags(device):
 
     out = {}
     for keep in (True, False):
-        graph = torch.cuda.CUDAGraph(keep_graph=keep)
-        x = torch.zeros([2000], device=device)
-        y = torch.ones([2000], device=device)
-        with torch.cuda.graph(graph, capture_error_mode="relaxed"):
-            z = x + y
+        graph, _z = _captured_sum(device, keep_graph=keep)
         if keep:
             try:
                 graph.raw_cuda_graph_exec()
@@ -1082,23 +1085,17 @@ def instantiate_twice_and_recapture(device):
         seen.append(values.item() if values.numel() == 1 else None)
 
     graph = torch.cuda.CUDAGraph(keep_graph=True)
-    x = torch.zeros([2000], device=device)
-    with torch.cuda.graph(graph, capture_error_mode="relaxed"):
-        x += 1.0
-    graph.instantiate()
-    replay(graph, x)
-    graph.instantiate()
-    replay(graph, x)
-    replay(graph, x)
-    graph.reset()
-    x = torch.zeros([2000], device=device)  # a new address, so a new graph
-    with torch.cuda.graph(graph, capture_error_mode="relaxed"):
-        x += 2.0
-    graph.instantiate()
-    replay(graph, x)
-    graph.instantiate()
-    replay(graph, x)
-    replay(graph, x)
+    for step in (1.0, 2.0):
+        if step == 2.0:
+            graph.reset()
+        x = torch.zeros([2000], device=device)  # after reset(), a new address, so a new graph
+        with torch.cuda.graph(graph, capture_error_mode="relaxed"):
+            x += step
+        graph.instantiate()
+        replay(graph, x)
+        graph.instantiate()  # instantiating again keeps x's value: it does not replay
+        replay(graph, x)
+        replay(graph, x)
     return {"x after each replay": seen}
 
 
@@ -1144,6 +1141,10 @@ def _graph_parameterless(device, with_amp: bool, cache_enabled: bool, allow_unus
     return same and torch.equal(graphed({"x": inputs[0]})["output"], control({"x": inputs[0]})["output"])
 
 
+_AUTOCAST_CACHE = "with AMP and autocast's cache: raises"
+_ASKS_NO_CACHE = "the message asks for cache_enabled=False"
+
+
 @claim("make_graphed_callables graphs a parameterless module with and without AMP, but not with autocast's cache", {
     "without AMP: graphed equals eager": True, "with AMP, cache disabled: graphed equals eager": True,
     "inputs without grad, unused inputs not allowed: graphed equals eager": True,
@@ -1154,13 +1155,8 @@ def graphed_parameterless_module(device):
            "with AMP, cache disabled: graphed equals eager": _graph_parameterless(device, True, False, True),
            "inputs without grad, unused inputs not allowed: graphed equals eager":
                _graph_parameterless(device, False, False, False)}
-    try:
-        _graph_parameterless(device, True, True, True)
-        out["with AMP and autocast's cache: raises"] = None
-    except RuntimeError as exc:
-        out["with AMP and autocast's cache: raises"] = "RuntimeError"
-        out["the message asks for cache_enabled=False"] = "cache_enabled=False" in str(exc)
-    return out
+    return {**out, **_refusal(lambda: _graph_parameterless(device, True, True, True), _AUTOCAST_CACHE,
+                              _ASKS_NO_CACHE, "cache_enabled=False")}
 
 
 def _mlp_stack(device):
@@ -1234,20 +1230,11 @@ def _graph_training(device, with_amp: bool, cache_enabled: bool, allow_unused_in
     "the message says a differentiated tensor was not used": True})
 def graphed_callables_refusals(device):
     """test_graph_make_graphed_callables: its two cases PyTorch marks as expected failures"""
-    out = {}
-    try:
-        _graph_training(device, True, True, True)
-        out["with AMP and autocast's cache: raises"] = None
-    except RuntimeError as exc:
-        out["with AMP and autocast's cache: raises"] = "RuntimeError"
-        out["the message asks for cache_enabled=False"] = "cache_enabled=False" in str(exc)
-    try:
-        _graph_training(device, False, False, False)
-        out["an unused input that needs grad, unused inputs not allowed: raises"] = None
-    except RuntimeError as exc:
-        out["an unused input that needs grad, unused inputs not allowed: raises"] = "RuntimeError"
-        out["the message says a differentiated tensor was not used"] = "not have been used in the graph" in str(exc)
-    return out
+    return {**_refusal(lambda: _graph_training(device, True, True, True), _AUTOCAST_CACHE, _ASKS_NO_CACHE,
+                       "cache_enabled=False"),
+            **_refusal(lambda: _graph_training(device, False, False, False),
+                       "an unused input that needs grad, unused inputs not allowed: raises",
+                       "the message says a differentiated tensor was not used", "not have been used in the graph")}
 
 
 @claim("modules and functions graphed by make_graphed_callables train like eager code, dropout included", {
@@ -1308,13 +1295,7 @@ def autocast_inside_a_capture(device):
         return out, loss
 
     eager_out, eager_loss = step()
-    s = _side_stream()
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out, loss = step()
+    g, (out, loss) = capture(step, warmup=1)
     g.replay()
     torch.cuda.synchronize()
     return {"output dtype": str(out.dtype), "loss dtype": str(loss.dtype),
