@@ -21,7 +21,7 @@ from graphlab_utils.errors import RNG_POISONED
 from graphlab_utils.recipes import close, describe
 
 __all__ = ["RECORD_MIME", "CheckResult", "check", "fail", "ok", "ok_timings", "device", "in_fresh_process",
-           "close", "describe", "ok_bucket_captures", "ok_class", "ok_faster", "refuse_syncs", "refuse_seen", "graph_and_output", "ok_one_shared_pool",
+           "close", "describe", "ok_bucket_captures", "ok_class", "ok_faster", "ok_function", "refuse_syncs", "refuse_seen", "graph_and_output", "ok_one_shared_pool",
            "ok_near_own_measurement"]
 
 RECORD_MIME = "application/vnd.graphlab.check+json"
@@ -130,6 +130,11 @@ def _codes(obj):
         code = stack.pop()
         yield code
         stack.extend(c for c in code.co_consts if inspect.iscode(c))
+
+
+def ok_function(fn, expected: str) -> None:
+    """Fail unless the learner passed a function itself (``check(step)``, not ``check(step(x))``)."""
+    ok(callable(fn), expected, describe(fn), "pass the function itself, by its name alone, not what calling it returned")
 
 
 def ok_class(cls, expected: str) -> None:

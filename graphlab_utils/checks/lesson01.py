@@ -266,7 +266,7 @@ def _reference_phases(fn) -> dict:
 @check("time the three phases")
 def check_time_phases(time_phases):
     """``time_phases(fn)`` returns ``{"capture", "instantiate", "replay", "eager": Timing}``."""
-    from graphlab_utils import timing, workloads
+    from graphlab_utils import workloads
 
     fn, _inputs = workloads.chain(CHECK_KERNELS, _device())
     # One untimed round first: on a GPU the first capture and instantiation of a process's

@@ -25,7 +25,7 @@ from __future__ import annotations
 from graphlab_utils import recipes
 from graphlab_utils.recipes import close as _close, describe as _describe
 
-from .core import check, fail, in_fresh_process, ok
+from .core import check, fail, in_fresh_process, ok, ok_function
 from .core import device as _device
 
 __all__ = [
@@ -218,7 +218,7 @@ _UNJOINED_IDEA = (
 @check("parallel block")
 def check_parallel_block(fn):
     """``fn(x, w1, w2, side)``: the block with its branches forked onto ``side`` and joined."""
-    ok(callable(fn), "a function fn(x, w1, w2, side)", _describe(fn), "pass the function itself, not its result")
+    ok_function(fn, "a function fn(x, w1, w2, side)")
     in_fresh_process(_verify_parallel_block, fn)
 
 
@@ -269,7 +269,7 @@ def _verify_parallel_block(fn):
 @check("capture helper")
 def check_capture_helper(capture):
     """``capture(graph, fn)``: records ``fn()`` into ``graph`` and returns its output."""
-    ok(callable(capture), "a function capture(graph, fn)", _describe(capture), "pass the function itself")
+    ok_function(capture, "a function capture(graph, fn)")
     in_fresh_process(_verify_capture_helper, capture)
 
 
@@ -307,7 +307,7 @@ def _verify_capture_helper(capture):
 @check("sampling probabilities")
 def check_sampling_probs(fn):
     """``fn(logits, temperature)``: ``softmax(logits / temperature, dim=-1)`` with a tensor temperature."""
-    ok(callable(fn), "a function fn(logits, temperature)", _describe(fn), "pass the function itself")
+    ok_function(fn, "a function fn(logits, temperature)")
     in_fresh_process(_verify_sampling_probs, fn)
 
 
@@ -345,7 +345,7 @@ def _verify_sampling_probs(fn):
 @check("monitored step")
 def check_monitored_step(fn):
     """``fn(x, w, side)``: ``(relu(x @ w), x.pow(2).mean(-1))``, the statistic on ``side``, joined."""
-    ok(callable(fn), "a function fn(x, w, side)", _describe(fn), "pass the function itself")
+    ok_function(fn, "a function fn(x, w, side)")
     in_fresh_process(_verify_monitored_step, fn)
 
 

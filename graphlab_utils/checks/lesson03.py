@@ -27,9 +27,9 @@ import math
 
 from graphlab_utils import recipes
 from graphlab_utils.errors import error_name_in
-from graphlab_utils.watch import Watch, Words, watching
+from graphlab_utils.watch import Words, watching
 
-from .core import check, close, describe, device, fail, ok, refuse_seen, refuse_syncs
+from .core import check, close, describe, device, fail, ok, ok_function, refuse_seen, refuse_syncs
 
 __all__ = [
     "STEP",
@@ -141,8 +141,7 @@ def check_device_select(fn):
     graph-safe. Compared with eager on both branches, eagerly and replayed in a graph."""
     import torch
 
-    ok(callable(fn), "a function fn(latent, cond, uncond, scale)", f"{type(fn).__name__}",
-       "pass the function itself, not its result")
+    ok_function(fn, "a function fn(latent, cond, uncond, scale)")
     latent, cond, uncond = _inputs(31)
     # 1. eager, watched for syncs, on both branches
     for scale in GUIDED_SCALES + PLAIN_SCALES:
@@ -237,8 +236,7 @@ def _diagnose_runner(wrong) -> None:
 def check_branch_graphs(make_runner):
     """`make_runner(latent, cond, uncond)` captures one graph per branch and returns
     `run(latent, cond, uncond, scale: float) -> Tensor`; compared with eager on both branches."""
-    ok(callable(make_runner), "a function make_runner(latent, cond, uncond)", f"{type(make_runner).__name__}",
-       "pass the function itself, not its result")
+    ok_function(make_runner, "a function make_runner(latent, cond, uncond)")
     examples = _inputs(7)
     run = make_runner(*(t.clone() for t in examples))
     ok(callable(run), "make_runner(...) returns a function run(latent, cond, uncond, scale)", describe(run, dtype=True),
@@ -286,7 +284,7 @@ def check_fresh_noise(fn):
     """`fn(latent)` returns latent + 0.5 * noise, the noise standard normal and new on every replay."""
     import torch
 
-    ok(callable(fn), "a function fn(latent)", f"{type(fn).__name__}", "pass the function itself, not its result")
+    ok_function(fn, "a function fn(latent)")
     latent = _inputs(11, (64, 64))[0]
     with watching(words=_WORDS) as watch:
         out = fn(latent.clone())

@@ -29,7 +29,7 @@ from graphlab_utils import recipes
 from graphlab_utils.recipes import seeded_randn
 from graphlab_utils.watch import Watch, Words, watching
 
-from .core import check, close, describe, device, fail, ok, ok_class
+from .core import check, close, describe, device, fail, ok, ok_class, ok_function
 
 __all__ = [
     "D",
@@ -172,8 +172,7 @@ def check_decode_step(fn):
     """`fn(x, pos, k_cache, v_cache, W)` -> the step's output (1, D); the caches written in place at row pos."""
     import torch
 
-    ok(callable(fn), "a function fn(x, pos, k_cache, v_cache, W)", type(fn).__name__,
-       "pass the function itself, not its result")
+    ok_function(fn, "a function fn(x, pos, k_cache, v_cache, W)")
     W = make_weights(1)
     prompt, xs = tokens(STEP_PROMPT, 11), tokens(STEP_COUNT, 12)
     refs = decode_reference(W, prompt, xs)
@@ -273,7 +272,7 @@ def _names(result):
 @check("moved buffers")
 def check_moved_buffers(fn):
     """`fn(obj, action)` runs action() and returns the names of obj's tensor attributes whose data_ptr changed."""
-    ok(callable(fn), "a function fn(obj, action)", type(fn).__name__, "pass the function itself, not its result")
+    ok_function(fn, "a function fn(obj, action)")
     obj, action, expected = _probe_case()
     ran = []
 

@@ -334,8 +334,6 @@ def _reference_switch() -> dict:
 @check("the cost of switching to new buffers")
 def check_time_switch(time_switch):
     """``time_switch(graph, capture_new)`` returns ``{"capture", "instantiate", "exec_update": Timing}``."""
-    from graphlab_utils import timing
-
     graph, capture_new, _keep = _switch_setup(seed=30)
     costs = time_switch(graph, capture_new)
     ok_timings(costs, TIMING_KEYS, "{'capture': ..., 'instantiate': ..., 'exec_update': ...}",

@@ -29,7 +29,7 @@ from __future__ import annotations
 from graphlab_utils import recipes
 from graphlab_utils.recipes import close as _close, describe as _describe, warm_up
 
-from .core import check, fail, in_fresh_process, ok, ok_class, ok_faster
+from .core import check, fail, in_fresh_process, ok, ok_class, ok_faster, ok_function
 from .core import device as _device
 
 __all__ = [
@@ -329,7 +329,7 @@ _SYNC_IDEA = (
 @check("mystery 3: decode step")
 def check_decode_step(fn):
     """``fn(h, w)``: ``softmax(relu(h @ w))`` (or ``(probs, flag)``) that a graph can capture."""
-    ok(callable(fn), "a function decode_step(h, w)", _describe(fn), "pass the function itself")
+    ok_function(fn, "a function decode_step(h, w)")
     in_fresh_process(_verify_decode_step, fn)
 
 

@@ -248,18 +248,14 @@ def check_bucketed_compile(make_bucketed: Callable) -> None:
                "different rows", "copy the batch into the first rows of the padded input and keep the first "
                "rows of the output")
     sizes = ", ".join(str(n) for n in STREAM)
-    shapes = seen.count("warm-up")
-    ok(shapes <= len(BUCKETS),
-       f"at most {len(BUCKETS)} input shapes reaching the compiled step (one per bucket) for batches of {sizes}",
-       f"{plural(shapes, 'shape')} warmed up ({seen})",
-       "reduce-overhead warms up and records a graph for every new input shape: pad each batch up to its "
-       "bucket, so that only the bucket sizes ever reach the compiled function (and compile it with dynamic=False)")
-    recordings = seen.count("record")
-    ok(recordings <= len(BUCKETS),
-       f"at most {len(BUCKETS)} recordings (one per bucket) for batches of {sizes}",
-       f"{plural(recordings, 'recording')} ({seen})",
-       "reduce-overhead records a graph for every new input shape: pad each batch up to its bucket, so "
-       "that only the bucket sizes ever reach the compiled function (and compile it with dynamic=False)")
+    for event, most, counted in (("warm-up", "input shapes reaching the compiled step", "shape"),
+                                 ("record", "recordings", "recording")):
+        n = seen.count(event)
+        ok(n <= len(BUCKETS), f"at most {len(BUCKETS)} {most} (one per bucket) for batches of {sizes}",
+           f"{plural(n, counted)}{' warmed up' if event == 'warm-up' else ''} ({seen})",
+           "reduce-overhead warms up and records a graph for every new input shape: pad each batch up to its "
+           "bucket, so that only the bucket sizes ever reach the compiled function (and compile it with "
+           "dynamic=False)")
     ok(seen.count("replay") >= len(STREAM) - 2 * len(BUCKETS),
        "the compiled step's graphs replaying for most batches", f"the tree saw {seen}",
        "compile the step once with torch.compile(fn, mode=\"reduce-overhead\", dynamic=False) and call it "

@@ -37,7 +37,7 @@ import itertools
 from graphlab_utils.errors import error_name_in
 from graphlab_utils.recipes import describe, error_line, first_line, plural
 
-from .core import check, fail, in_fresh_process, ok, ok_class, ok_faster
+from .core import check, fail, in_fresh_process, ok, ok_class, ok_faster, ok_function
 from .core import device as _device
 
 __all__ = [
@@ -305,7 +305,7 @@ def check_set_lr(set_lr):
 
     from graphlab_utils import training
 
-    ok(callable(set_lr), "a function set_lr(optimizer, value)", describe(set_lr), "pass the function itself")
+    ok_function(set_lr, "a function set_lr(optimizer, value)")
     device = _device()
     for groups in (1, 2):
         (model, optimizer), (twin, twin_optimizer) = _lr_twins(device, groups)
@@ -360,8 +360,7 @@ AMP_BATCHES = 7
 @check("AMP with a captured backward")
 def check_amp_training(amp_training):
     """``amp_training(model, loss_fn, optimizer, scaler, batches, warmup)`` -> one loss per batch."""
-    ok(callable(amp_training), "a function amp_training(model, loss_fn, optimizer, scaler, batches, warmup)",
-       describe(amp_training), "pass the function itself")
+    ok_function(amp_training, "a function amp_training(model, loss_fn, optimizer, scaler, batches, warmup)")
     in_fresh_process(_verify_amp_training, amp_training)
 
 

@@ -41,8 +41,6 @@ def _compiled_model(device, *seeds: int):
     "what the tree did on calls 1 to 4": ["warm-up", "record", "replay", "replay"],
     "every call equals eager": True})
 def compile_warm_up_record_replay(device):
-    import torch
-
     from graphlab_utils.checks.lesson12 import watch_trees
 
     model, compiled, x = _compiled_model(device, 1)
@@ -83,8 +81,6 @@ def compile_records_per_shape(device):
     "the error says the output was overwritten by a subsequent run": True,
     "a clone taken before the second call is right": True})
 def compile_overwritten_output(device):
-    import torch
-
     model, compiled, x1, x2 = _compiled_model(device, 2, 3)
     y1 = compiled(x1)
     kept = y1.clone()
@@ -105,8 +101,6 @@ def compile_overwritten_output(device):
     "the outputs of two replays are one tensor": True, "the first output now holds the second result": True,
     "a clone keeps the first result": True})
 def compile_replay_overwrites_in_place(device):
-    import torch
-
     model, compiled, x1, x2 = _compiled_model(device, 4, 5)
     for _ in range(3):
         compiled(x1)

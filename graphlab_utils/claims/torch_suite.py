@@ -1018,8 +1018,6 @@ def _captured_sum(device, keep_graph: bool):
     "raw_cuda_graph() raises": "RuntimeError", "its message names keep_graph=true": True})
 def raw_graph_needs_keep_graph(device):
     """test_cuda_graph_raw_graph_keep_graph_false"""
-    import torch
-
     graph, _z = _captured_sum(device, keep_graph=False)
     return {**_refusal(graph.instantiate, "instantiate() raises", "its message names keep_graph", "keep_graph=true"),
             **_refusal(graph.raw_cuda_graph, "raw_cuda_graph() raises", "its message names keep_graph=true",
@@ -1049,8 +1047,6 @@ def raw_graph_nodes(device):
     "keep_graph=True: cudaGraphExecGetFlags succeeds": True, "keep_graph=False: cudaGraphExecGetFlags succeeds": True})
 def raw_graph_exec_flags(device):
     """test_cuda_graph_raw_graph_exec"""
-    import torch
-
     from graphlab_utils import cudart
 
     out = {}
