@@ -504,10 +504,7 @@ class StepGraph:
             return denoise_step(unet, sched, st.x, st.step, st.context, st.scale)
 
         with torch.no_grad():
-            recipes.warm_up(step, warmup_iters)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
-                self.out = step()
+            self.graph, self.out = recipes.capture(step, pool, warmup=warmup_iters)
 
     def __call__(self, latents, prompt, guidance: float | None = GUIDANCE):
         st = self.static
@@ -542,10 +539,7 @@ class LoopGraph:
             return x
 
         with torch.no_grad():
-            recipes.warm_up(loop, warmup_iters)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
-                self.out = loop()
+            self.graph, self.out = recipes.capture(loop, pool, warmup=warmup_iters)
 
     def __call__(self, latents, prompt, guidance: float | None = GUIDANCE):
         self.static.load(latents, prompt, guidance)

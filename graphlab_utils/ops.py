@@ -69,6 +69,22 @@ _KERNEL: dict = {}
 _INPLACE_VIEW: dict = {}
 
 
+def _memo(table: dict, func: Any, compute) -> Any:
+    """``compute(func)``, kept in ``table``: the simulator asks these questions for every op it runs.
+
+    An op that cannot be a key (not hashable) is answered each time, uncached."""
+    try:
+        return table[func]
+    except (KeyError, TypeError):
+        pass
+    result = compute(func)
+    try:
+        table[func] = result
+    except TypeError:
+        pass
+    return result
+
+
 def op_name(func: Any) -> str:
     """``aten.add.Tensor`` -> ``'add'``; tolerates any object (a string passes through)."""
     if isinstance(func, str):
@@ -118,33 +134,26 @@ def is_data_movement(func: Any) -> bool:
 
 def is_alias(func: Any) -> bool:
     """Returns a view of an input that it does not write (``view``, ``t``, ``expand``, ...)."""
+    return _memo(_ALIAS, func, _alias)
+
+
+def _alias(func: Any) -> bool:
     try:
-        return _ALIAS[func]
-    except KeyError:
-        pass
-    try:
-        result = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
-    except Exception:
-        result = False
-    _ALIAS[func] = result
-    return result
+        return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+    except Exception:  # noqa: BLE001 - an op without a schema is not an alias
+        return False
 
 
 def is_inplace_view(func: Any) -> bool:
     """``squeeze_``, ``unsqueeze_``, ``t_``, ``transpose_``, ``as_strided_``: shape, not bytes."""
-    try:
-        return _INPLACE_VIEW[func]
-    except (KeyError, TypeError):
-        pass
+    return _memo(_INPLACE_VIEW, func, _inplace_view)
+
+
+def _inplace_view(func: Any) -> bool:
     import torch
 
     tag = getattr(torch.Tag, "inplace_view", None)
-    result = tag is not None and tag in getattr(func, "tags", ())
-    try:
-        _INPLACE_VIEW[func] = result
-    except TypeError:
-        pass
-    return result
+    return tag is not None and tag in getattr(func, "tags", ())
 
 
 def is_kernel_op(func: Any) -> bool:
@@ -156,16 +165,7 @@ def is_kernel_op(func: Any) -> bool:
     (``size``, ``sym_numel``...) and for host reads (``_local_scalar_dense``, ``item``: a sync,
     not a kernel). True otherwise, including for ops this module does not know.
     """
-    try:
-        return _KERNEL[func]
-    except (KeyError, TypeError):
-        pass
-    result = _kernel(func)
-    try:
-        _KERNEL[func] = result
-    except TypeError:
-        pass
-    return result
+    return _memo(_KERNEL, func, _kernel)
 
 
 def _kernel(func: Any) -> bool:

@@ -80,14 +80,20 @@ def _sig3(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _finite(x) -> float | None:
+    """``x`` as a finite float, or None (a figure the formatters print as "n/a")."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def format_ms(ms: float) -> str:
     """The course's one format for a time given in ms: three significant figures, in us
     below 0.1 ms. ``format_ms(1.2345) == "1.23 ms"``, ``format_ms(0.0117) == "11.7 us"``."""
-    try:
-        ms = float(ms)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(ms):
+    ms = _finite(ms)
+    if ms is None:
         return "n/a"
     if abs(ms) < 0.1:
         return f"{_sig3(ms * 1e3)} us"
@@ -96,11 +102,8 @@ def format_ms(ms: float) -> str:
 
 def format_ratio(x: float) -> str:
     """A speed-up or ratio: ``format_ratio(11.04) == "11.0x"``, ``format_ratio(0.5) == "0.50x"``."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(x):
+    x = _finite(x)
+    if x is None:
         return "n/a"
     if abs(x) >= 100:
         return f"{x:.0f}x"
