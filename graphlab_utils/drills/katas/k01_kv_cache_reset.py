@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, describe, device, fail, ok
 from graphlab_utils.recipes import capture, seeded_randn
 from graphlab_utils.watch import watching
 
-from . import Kata, Source, register
+from . import register
 
 SNIPPET = '''\
 class KVCache:
@@ -98,22 +98,8 @@ def check_kv_cache_reset(cls):
        "the graph reads the cache's memory as it was captured: write and reset in place")
 
 
-KATA = register(Kata(
-    number=1,
-    key="kv-cache-reset",
-    title="A cache reset that moved the cache",
-    symptom=(
-        "The first request is right. After the cache is reset for the next request, answers are built "
-        "from the previous request's cache. No error is raised, and with CUDA graphs disabled every "
-        "request is right."),
-    sources=(
-        Source("https://github.com/infinigence/ApxInf/pull/89",
-               "clearing the KV cache replaced its allocations under a captured decode graph; after a reset "
-               "the replay read freed memory"),
-        Source("https://github.com/sgl-project/sglang/pull/27140",
-               "state buffers freed and restored at new addresses behind captured graphs: the next rollout "
-               "was garbled text, with no error"),
-    ),
+KATA = register(
+    "kv-cache-reset",
     snippet=SNIPPET,
     fix=FIX,
     entry="KVCache",
@@ -132,4 +118,4 @@ KATA = register(Kata(
         "question by allocating the KV-cache pool once, before capture, and never moving it (lessons 04, 07)."),
     checker=check_kv_cache_reset,
     demo=_demo,
-))
+)

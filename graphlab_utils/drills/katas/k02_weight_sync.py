@@ -5,7 +5,7 @@ from graphlab_utils.checks import core
 from graphlab_utils.checks.core import close, device, fail, ok
 from graphlab_utils.recipes import capture, seeded_randn
 
-from . import Kata, Source, register
+from . import fixed_function, register
 
 SNIPPET = '''\
 def load_weights(model, state_dict):
@@ -13,14 +13,10 @@ def load_weights(model, state_dict):
     for name, param in model.named_parameters():
         param.data = state_dict[name]
 '''
-# The fix, as lab 10's solution shows it; the lab replaces what the markers enclose with a stub.
-FIX = '''\
-def load_weights_fixed(model, state_dict):
-    ### BEGIN SOLUTION copy the new values into the parameters' memory
-    for name, param in model.named_parameters():
-        param.data.copy_(state_dict[name])  # same addresses, new values
-    ### END SOLUTION
-'''
+# The fix, as lab 10's solution shows it: the snippet, copying into the parameters instead of rebinding them.
+FIX = fixed_function(SNIPPET, "copy the new values into the parameters' memory", replace={
+    "param.data = state_dict[name]": "param.data.copy_(state_dict[name])  # same addresses, new values",
+})
 
 
 def _model(seed: int):
@@ -85,23 +81,8 @@ def check_weight_sync(load_weights):
        "the graph reads the parameters' memory: update it in place, with copy_")
 
 
-KATA = register(Kata(
-    number=2,
-    key="weight-sync",
-    title="A weight update the graph never saw",
-    symptom=(
-        "An RL loop pushes new weights into the serving engine after each training step. The first rollout "
-        "is fine; after the weight sync the generations are wrong or garbled, although the parameters hold "
-        "the right values when printed. Updating the weights one way works, the other way does not."),
-    sources=(
-        Source("https://github.com/vllm-project/vllm/issues/9313",
-               "`param.data.copy_(new)` and `param.data = new` gave different generations with the same values"),
-        Source("https://github.com/vllm-project/vllm-ascend/pull/7473",
-               "a weight re-made with .contiguous() got a new address; the graph captured once kept reading "
-               "the old one in the RL loop"),
-        Source("https://github.com/sgl-project/sglang/pull/4961",
-               "loading weights after launch changed the addresses of two weights, conflicting with the graphs"),
-    ),
+KATA = register(
+    "weight-sync",
     snippet=SNIPPET,
     fix=FIX,
     entry="load_weights",
@@ -119,4 +100,4 @@ KATA = register(Kata(
         "`update_weights_from_disk(recapture_cuda_graph=True)` does."),
     checker=check_weight_sync,
     demo=_demo,
-))
+)

@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, describe, device, fail, ok
 from graphlab_utils.recipes import capture, seeded_randn
 from graphlab_utils.watch import watching
 
-from . import Kata, Source, capture_failed, refuse_syncs, register
+from . import capture_failed, refuse_syncs, register
 
 SNIPPET = '''\
 def masked_mean(hidden, mask):
@@ -86,21 +86,8 @@ def check_masked_mean(fn):
            "device (mask.sum()), not from a Python number fixed at capture")
 
 
-KATA = register(Kata(
-    number=3,
-    key="mask-sync",
-    title="A boolean mask inside the graph",
-    symptom=(
-        "Capture fails with `CUDA error: operation not permitted when stream is capturing`, raised from "
-        "inside an ordinary-looking indexing line; eagerly the same function runs fine. After the failure, "
-        "the process keeps raising CUDA errors."),
-    sources=(
-        Source("https://github.com/pytorch/pytorch/issues/78549",
-               "SyncBatchNorm began to index with a mask (`count_all[mask]`) and stopped being capturable: "
-               "\"operation not permitted when stream is capturing\""),
-        Source("https://github.com/pytorch/pytorch/issues/87794",
-               "the same error text from a small network captured on a two-GPU machine"),
-    ),
+KATA = register(
+    "mask-sync",
     snippet=SNIPPET,
     fix=FIX,
     entry="masked_mean",
@@ -122,4 +109,4 @@ KATA = register(Kata(
     demo=None,
     isolated=True,
     trigger=TRIGGER,
-))
+)

@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, describe, device, ok
 from graphlab_utils.recipes import capture, seeded_randn
 from graphlab_utils.watch import watching
 
-from . import Kata, Source, capture_failed, refuse_host_data, refuse_syncs, register
+from . import capture_failed, refuse_host_data, refuse_syncs, register
 
 SNIPPET = '''\
 CHANNEL_GAINS = [1.0, 0.5, 0.25, 2.0]  # from the model's config file
@@ -68,22 +68,8 @@ def check_host_list(fn):
            "the gains tensor must live on the device before capture, and the graph must read static_x")
 
 
-KATA = register(Kata(
-    number=4,
-    key="host-list",
-    title="A config list turned into a tensor on every call",
-    symptom=(
-        "Capture stops with `RuntimeError: Cannot copy between CPU and CUDA tensors during CUDA graph capture "
-        "unless the CPU tensor is pinned`, raised from a line that only builds a small constant tensor from "
-        "a Python list. Before PyTorch added that check, such copies were captured and replays read garbage."),
-    sources=(
-        Source("https://github.com/flagos-ai/FlagGems/pull/4472",
-               "an operator built shape tensors with torch.tensor(list, device=x.device) on every call and "
-               "broke graph capture with this error"),
-        Source("https://github.com/pytorch/pytorch/pull/172156",
-               "PyTorch made unpinned copies during capture an error because they had been producing silent "
-               "garbage"),
-    ),
+KATA = register(
+    "host-list",
     snippet=SNIPPET,
     fix=FIX,
     entry="apply_gains",
@@ -105,4 +91,4 @@ KATA = register(Kata(
     demo=None,
     isolated=True,
     trigger=TRIGGER,
-))
+)

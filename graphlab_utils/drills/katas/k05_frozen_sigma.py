@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, describe, device, fail, ok
 from graphlab_utils.recipes import seeded_randn
 from graphlab_utils.watch import Refused, watching
 
-from . import Kata, Source, capture_failed, register
+from . import capture_failed, fixed_function, register
 
 SNIPPET = '''\
 def make_euler_step(latent, eps, sigmas):
@@ -23,24 +23,15 @@ def make_euler_step(latent, eps, sigmas):
 
     return step
 '''
-# The fix, as lab 10's solution shows it; the lab replaces what the markers enclose with a stub.
-FIX = '''\
-def make_euler_step_fixed(latent, eps, sigmas):
-    ### BEGIN SOLUTION keep the coefficient in a static device tensor
-    static_latent, static_eps = latent.clone(), eps.clone()
-    static_dt = torch.zeros((), device=latent.device)  # read by the graph at every replay
-    graph, out = capture(lambda: static_latent + static_dt * static_eps)
-
-    def step(latent, eps, i):
-        static_latent.copy_(latent)
-        static_eps.copy_(eps)
-        static_dt.fill_(sigmas[i + 1] - sigmas[i])
-        graph.replay()
-        return out.clone()
-
-    return step
-    ### END SOLUTION
-'''
+# The fix, as lab 10's solution shows it: the snippet with the coefficient in a static tensor, filled per step.
+FIX = fixed_function(SNIPPET, "keep the coefficient in a static device tensor", replace={
+    "dt = sigmas[1] - sigmas[0]  # a Python float":
+        "static_dt = torch.zeros((), device=latent.device)  # read by the graph at every replay",
+    "graph, out = capture(lambda: static_latent + dt * static_eps)":
+        "graph, out = capture(lambda: static_latent + static_dt * static_eps)",
+}, insert_after={
+    "static_eps.copy_(eps)": "static_dt.fill_(sigmas[i + 1] - sigmas[i])",
+})
 SIGMAS = [14.6, 7.0, 3.2, 1.4, 0.55, 0.18, 0.0]
 SHAPE = (4, 64)
 
@@ -113,18 +104,8 @@ def check_euler_step(make_euler_step):
              "static tensor before the replay")
 
 
-KATA = register(Kata(
-    number=5,
-    key="frozen-sigma",
-    title="A scheduler coefficient frozen into the graph",
-    symptom=(
-        "The first denoising step matches eager; every later step is wrong and the image comes out "
-        "corrupted. Changing the timestep schedule at run time has no effect until everything is rebuilt."),
-    sources=(
-        Source("https://github.com/jcelerier/librediffusion/pull/20",
-               "a captured step baked the scheduler coefficients as by-value kernel arguments; a new schedule "
-               "replayed the stale ones and corrupted the output"),
-    ),
+KATA = register(
+    "frozen-sigma",
     snippet=SNIPPET,
     fix=FIX,
     entry="make_euler_step",
@@ -143,4 +124,4 @@ KATA = register(Kata(
         "guidance scales and any other per-step scalar."),
     checker=check_euler_step,
     demo=_demo,
-))
+)

@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, describe, device, fail, ok
 from graphlab_utils.recipes import capture, seeded_randn
 from graphlab_utils.watch import watching
 
-from . import Kata, Source, register
+from . import fixed_function, register
 
 SNIPPET = '''\
 def generate(step, first, n_steps):
@@ -18,18 +18,10 @@ def generate(step, first, n_steps):
         outputs.append(x)
     return torch.stack(outputs)
 '''
-# The fix, as lab 10's solution shows it; the lab replaces what the markers enclose with a stub.
-FIX = '''\
-def generate_fixed(step, first, n_steps):
-    ### BEGIN SOLUTION keep a copy of every step's output
-    outputs = []
-    x = first
-    for _ in range(n_steps):
-        x = step(x)
-        outputs.append(x.clone())  # the next replay overwrites x's memory
-    return torch.stack(outputs)
-    ### END SOLUTION
-'''
+# The fix, as lab 10's solution shows it: the snippet, keeping a copy of each output.
+FIX = fixed_function(SNIPPET, "keep a copy of every step's output", replace={
+    "outputs.append(x)": "outputs.append(x.clone())  # the next replay overwrites x's memory",
+})
 DIM, STEPS = 32, 5
 
 
@@ -100,21 +92,8 @@ def check_generate(generate):
        "each row must be the output of that step, kept before the next replay overwrites it")
 
 
-KATA = register(Kata(
-    number=6,
-    key="overwritten-output",
-    title="Outputs overwritten by the next replay",
-    symptom=(
-        "A loop over a captured step collects its outputs; when the list is inspected, every entry is "
-        "identical to the last one. (torch.compile's CUDA graphs detect this and raise \"accessing tensor "
-        "output of CUDAGraphs that has been overwritten by a subsequent run\"; a hand-written runner is "
-        "silent.)"),
-    sources=(
-        Source("https://github.com/pytorch/pytorch/issues/148439",
-               "accessing a tensor output of CUDA graphs that had been overwritten by a subsequent run"),
-        Source("https://github.com/sgl-project/sglang/pull/31852",
-               "a full-forward graph for a diffusion transformer had to clone its outputs before returning them"),
-    ),
+KATA = register(
+    "overwritten-output",
     snippet=SNIPPET,
     fix=FIX,
     entry="generate",
@@ -131,4 +110,4 @@ KATA = register(Kata(
         "before the replay. Lesson 04 shows the overwrite, lesson 05 the runner that clones."),
     checker=check_generate,
     demo=_demo,
-))
+)

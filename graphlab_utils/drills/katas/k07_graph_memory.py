@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, device, ok
 from graphlab_utils.recipes import seeded_randn
 from graphlab_utils.watch import watching
 
-from . import Kata, Source, register
+from . import fixed_function, register
 
 SNIPPET = '''\
 def capture_all(layer, sizes):
@@ -18,19 +18,13 @@ def capture_all(layer, sizes):
         graphs[bs] = (graph, static_x, out)
     return graphs
 '''
-# The fix, as lab 10's solution shows it; the lab replaces what the markers enclose with a stub.
-FIX = '''\
-def capture_all_fixed(layer, sizes):
-    ### BEGIN SOLUTION one shared pool, largest size first
-    graphs = {}
-    pool = torch.cuda.graph_pool_handle()
-    for bs in sorted(sizes, reverse=True):
-        static_x = torch.zeros(bs, layer.in_features, device=DEVICE)
-        graph, out = capture(lambda: layer(static_x), pool=pool)
-        graphs[bs] = (graph, static_x, out)
-    return graphs
-    ### END SOLUTION
-'''
+# The fix, as lab 10's solution shows it: the snippet with one shared pool, capturing the largest size first.
+FIX = fixed_function(SNIPPET, "one shared pool, largest size first", insert_after={
+    "graphs = {}": "pool = torch.cuda.graph_pool_handle()",
+}, replace={
+    "for bs in sizes:": "for bs in sorted(sizes, reverse=True):",
+    "graph, out = capture(lambda: layer(static_x))": "graph, out = capture(lambda: layer(static_x), pool=pool)",
+})
 FEATURES = 1024
 SIZES = (4, 1, 32, 8, 2, 16)
 BUDGET = 0.5  # graphs for every size in one pool: at most half of what one pool per size holds
@@ -141,22 +135,8 @@ def check_graph_memory(capture_all):
        "first: each capture reuses the workspace the previous one freed.")
 
 
-KATA = register(Kata(
-    number=7,
-    key="graph-memory",
-    title="One private pool per captured size",
-    symptom=(
-        "The server loads the model, starts capturing CUDA graphs for its list of batch sizes, and runs out "
-        "of memory part-way through the list; with fewer sizes it starts, but the graphs take far more "
-        "memory than one forward pass needs."),
-    sources=(
-        Source("https://github.com/PaddlePaddle/FastDeploy/pull/2844",
-               "256 captured batch sizes often ran out of memory; padding to 27 sizes fixed it"),
-        Source("https://github.com/vllm-project/vllm/pull/7894",
-               "with one shared graph memory pool, the cost of many captured sizes scales with the largest only"),
-        Source("https://github.com/NVIDIA/TensorRT-LLM/pull/3116",
-               "capture order reversed, largest first, so smaller graphs reuse the memory of larger ones"),
-    ),
+KATA = register(
+    "graph-memory",
     snippet=SNIPPET,
     fix=FIX,
     entry="capture_all",
@@ -177,4 +157,4 @@ KATA = register(Kata(
         "measurements are lesson 07's.)"),
     checker=check_graph_memory,
     demo=_demo,
-))
+)

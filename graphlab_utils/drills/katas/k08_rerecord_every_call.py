@@ -8,7 +8,7 @@ from graphlab_utils.checks.core import close, device, ok
 from graphlab_utils.recipes import seeded_randn
 from graphlab_utils.watch import watching
 
-from . import Kata, Source, register
+from . import register
 
 SNIPPET = '''\
 class GraphCache:
@@ -151,20 +151,8 @@ def check_graph_cache(cache_cls):
        "costs one copy, one replay and one slice")
 
 
-KATA = register(Kata(
-    number=8,
-    key="rerecord-every-call",
-    title="A graph recorded again for every new shape",
-    symptom=(
-        "CUDA graphs were turned on to cut latency, and serving got slower than eager. The log shows a new "
-        "graph being recorded for almost every request, each with its own memory."),
-    sources=(
-        Source("https://github.com/pytorch/pytorch/pull/188913",
-               "with input sizes that change almost every call, reduce-overhead mode re-recorded a graph per "
-               "size; recording cost more than replay saved and step time regressed"),
-        Source("https://github.com/pytorch/pytorch/issues/196385",
-               "one CUDA graph recorded per unique input size, forever"),
-    ),
+KATA = register(
+    "rerecord-every-call",
     snippet=SNIPPET,
     fix=FIX,
     entry="GraphCache",
@@ -188,4 +176,4 @@ KATA = register(Kata(
         "bucketed runner."),
     checker=check_graph_cache,
     demo=_demo,
-))
+)

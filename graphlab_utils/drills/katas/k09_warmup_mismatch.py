@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, device, fail, ok
 from graphlab_utils.recipes import capture, seeded_randn
 from graphlab_utils.watch import watching
 
-from . import Kata, Source, register
+from . import fixed_function, register
 
 SNIPPET = '''\
 def warm_up(runner, batch_sizes, channels, guidance, dtype):
@@ -15,15 +15,11 @@ def warm_up(runner, batch_sizes, channels, guidance, dtype):
         dummy = torch.zeros(bs, channels, device=DEVICE)
         runner.capture(dummy)
 '''
-# The fix, as lab 10's solution shows it; the lab replaces what the markers enclose with a stub.
-FIX = '''\
-def warm_up_fixed(runner, batch_sizes, channels, guidance, dtype):
-    ### BEGIN SOLUTION build the warm-up inputs the way serving does
-    for bs in batch_sizes:
-        latents = torch.zeros(bs, channels, device=DEVICE, dtype=dtype)
-        runner.capture(cfg_batch(latents, guidance))  # serving's own (batch, dtype)
-    ### END SOLUTION
-'''
+# The fix, as lab 10's solution shows it: the snippet, building its inputs as serving does.
+FIX = fixed_function(SNIPPET, "build the warm-up inputs the way serving does", replace={
+    "dummy = torch.zeros(bs, channels, device=DEVICE)": "latents = torch.zeros(bs, channels, device=DEVICE, dtype=dtype)",
+    "runner.capture(dummy)": "runner.capture(cfg_batch(latents, guidance))  # serving's own (batch, dtype)",
+})
 CHANNELS = 64
 BATCHES = (1, 2, 4)
 TRAFFIC = (1, 2, 4, 2, 1)
@@ -137,21 +133,8 @@ def check_warm_up(warm_up):
            "capture the runner with runner.capture(example) and leave the runner itself unchanged")
 
 
-KATA = register(Kata(
-    number=9,
-    key="warmup-mismatch",
-    title="A warm-up that captured shapes serving never asks for",
-    symptom=(
-        "Start-up takes longer and memory goes up while graphs are captured, but latency stays at the eager "
-        "level; a profile shows no graph launches. The runner never complains: every request falls back to "
-        "eager."),
-    sources=(
-        Source("https://github.com/vllm-project/vllm/pull/40734",
-               "the largest batch was not among the captured sizes, so at peak load the model fell back to "
-               "eager and throughput dropped sharply"),
-        Source("https://github.com/sgl-project/sglang/pull/21005",
-               "the configured maximum batch size was not captured; the silent fallback cost a large slowdown"),
-    ),
+KATA = register(
+    "warmup-mismatch",
     snippet=SNIPPET,
     fix=FIX,
     entry="warm_up",
@@ -172,4 +155,4 @@ KATA = register(Kata(
         "builds a runner keyed by (batch, resolution) with an eager fallback."),
     checker=check_warm_up,
     demo=_demo,
-))
+)

@@ -8,7 +8,7 @@ from graphlab_utils.checks.core import close, describe, device, ok
 from graphlab_utils.recipes import seeded_randn
 from graphlab_utils.watch import Refused, watching
 
-from . import Kata, Source, capture_failed, register
+from . import capture_failed, fixed_function, register
 
 SNIPPET = '''\
 def make_noisy_step(latent, generator):
@@ -26,25 +26,10 @@ def make_noisy_step(latent, generator):
 
     return step
 '''
-# The fix, as lab 10's solution shows it; the lab replaces what the markers enclose with a stub.
-FIX = '''\
-def make_noisy_step_fixed(latent, generator):
-    ### BEGIN SOLUTION register the generator with the graph before capture
-    static_latent = latent.clone()
-    graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(generator)  # replays advance this generator
-    with torch.cuda.graph(graph):
-        noise = torch.randn(static_latent.shape, generator=generator, device=static_latent.device)
-        out = static_latent + 0.5 * noise
-
-    def step(latent):
-        static_latent.copy_(latent)
-        graph.replay()
-        return out.clone()
-
-    return step
-    ### END SOLUTION
-'''
+# The fix, as lab 10's solution shows it: the snippet with the generator registered before capture.
+FIX = fixed_function(SNIPPET, "register the generator with the graph before capture", insert_after={
+    "graph = torch.cuda.CUDAGraph()": "graph.register_generator_state(generator)  # replays advance this generator",
+})
 TRIGGER = '''\
 generator = torch.Generator(device=DEVICE).manual_seed(1234)
 step = make_noisy_step(torch.zeros(4, 8, device=DEVICE), generator)
@@ -106,21 +91,8 @@ def check_noisy_step(make_noisy_step):
        f"(out - latent) / 0.5 has mean {mean:.2f} and std {std:.2f}", "use torch.randn, times 0.5")
 
 
-KATA = register(Kata(
-    number=10,
-    key="unregistered-generator",
-    title="A request's random generator the graph does not know",
-    symptom=(
-        "Sampling with a per-request seed: `torch.randn(..., generator=request_generator)` works eagerly, "
-        "but capturing the step fails with `RuntimeError: Attempt to increase offset for a CUDA generator "
-        "not in capture mode.` Switching to the default generator makes the capture pass, but then the "
-        "request's seed no longer reproduces its samples."),
-    sources=(
-        Source("https://github.com/pytorch/pytorch/issues/91950",
-               "a custom graph-capture wrapper failed on an unexpected CUDA generator used during capture"),
-        Source("https://github.com/pytorch/pytorch/issues/172390",
-               "how PyTorch registers each generator with a graph before capture and advances it at replay"),
-    ),
+KATA = register(
+    "unregistered-generator",
     snippet=SNIPPET,
     fix=FIX,
     entry="make_noisy_step",
@@ -146,4 +118,4 @@ KATA = register(Kata(
     trigger=TRIGGER,
     demo_needs_gpu=True,
     demo_skip=DEMO_SKIP,
-))
+)

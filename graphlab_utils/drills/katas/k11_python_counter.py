@@ -6,7 +6,7 @@ from graphlab_utils.checks.core import close, device, fail, ok
 from graphlab_utils.recipes import seeded_randn, warm_up
 from graphlab_utils.watch import Refused, watching
 
-from . import Kata, Source, capture_failed, refuse_host_data, refuse_syncs, register
+from . import capture_failed, refuse_host_data, refuse_syncs, register
 
 SNIPPET = '''\
 class RunningMean:
@@ -106,18 +106,8 @@ def check_running_mean(cls):
        "everything a replay needs must be device state the graph reads and updates: position, mask, count")
 
 
-KATA = register(Kata(
-    number=11,
-    key="python-counter",
-    title="A Python counter frozen at capture",
-    symptom=(
-        "A decode step keeps a Python attribute that it updates on every call. Eagerly everything is right; "
-        "with the step captured, the attribute stops changing and every replay behaves like the first "
-        "step after capture."),
-    sources=(
-        Source("https://github.com/pytorch/pytorch/issues/114844",
-               "an attribute assigned inside forward was not updated by graph replay"),
-    ),
+KATA = register(
+    "python-counter",
     snippet=SNIPPET,
     fix=FIX,
     entry="RunningMean",
@@ -137,4 +127,4 @@ KATA = register(Kata(
         "sequence lengths and write positions in device buffers."),
     checker=check_running_mean,
     demo=_demo,
-))
+)
