@@ -221,6 +221,27 @@ def test_sdpa_cost():
     assert estimate_op_cost(*hits[0])[1] == 4 * b * h * length * s * d
 
 
+def test_ops_flop_counter_knows_are_counted_by_it():
+    """Matrix products and convolutions, forward and backward: the simulator's FLOPs are PyTorch's own."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, wt = torch.randn(2, 4, 10, 10), torch.randn(8, 4, 3, 3)
+    grad_out = torch.randn(2, 8, 10, 10)
+    a, b = torch.randn(16, 32), torch.randn(32, 8)
+
+    def work():
+        F.conv2d(x, wt, padding=1)
+        # the backward of a first layer: its input needs no gradient, only the weight does
+        aten.convolution_backward(grad_out, x, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                  [False, True, False])
+        torch.addmm(torch.randn(8), a, b)
+
+    ours = sum(estimate_op_cost(*call)[1] for call in record(work).calls)
+    with FlopCounterMode(display=False) as counter:
+        work()
+    assert ours == counter.get_total_flops() > 0
+
+
 def test_elementwise_cost():
     x = torch.randn(1024)
     rec = record(lambda: x + 1.0)

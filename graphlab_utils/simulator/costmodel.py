@@ -462,7 +462,8 @@ def estimate_op_cost(func: Any, args: tuple, kwargs: dict | None, outputs: Any) 
     """Bytes moved and FLOPs of one aten op (``func`` is a ``torch._ops.OpOverload``).
 
     Bytes: the sizes of the tensor inputs read plus the tensor outputs written (a tensor
-    passed as ``out=`` counts once, as written). FLOPs: ``2*M*N*K`` for matrix products,
+    passed as ``out=`` counts once, as written). FLOPs: PyTorch's ``torch.utils.flop_counter``
+    for the ops it knows, else ``2*M*N*K`` for matrix products,
     ``2*N*Cout*Hout*Wout*Cin/groups*kh*kw`` for convolutions, ``4*B*H*L*S*D`` for scaled dot
     product attention, the output's element count for pointwise ops, the input's for
     reductions, 0 for other ops (bytes only). Ops that launch no kernel (see
@@ -486,7 +487,9 @@ def estimate_op_cost(func: Any, args: tuple, kwargs: dict | None, outputs: Any) 
     except Exception:
         return 0, 0.0
     try:
-        flops = _flops(func, tuple(args), kwargs, outs, ins)
+        flops = _library_flops(func, tuple(args), kwargs, outputs)
+        if flops is None:
+            flops = _flops(func, tuple(args), kwargs, outs, ins)
     except Exception:
         flops = 0.0
     if not (isinstance(flops, float) and math.isfinite(flops)) or flops < 0:
@@ -507,7 +510,21 @@ def op_class(func: Any) -> str:
     return "other"
 
 
+def _library_flops(func: Any, args: tuple, kwargs: dict, outputs: Any) -> float | None:
+    """PyTorch's own count (``torch.utils.flop_counter``, the formulas of ``FlopCounterMode``) for the
+    ops it knows: matrix products, convolutions forward and backward, the GPU's attention kernels;
+    None for the others, which the formulas below count."""
+    from torch.utils.flop_counter import flop_registry
+
+    count = flop_registry.get(getattr(func, "_overloadpacket", None))
+    if count is None:
+        return None
+    return float(count(*args, **kwargs, out_val=outputs))
+
+
 def _flops(func: Any, args: tuple, kwargs: dict, outs: list, ins: list) -> float:
+    # What flop_counter does not count: mv, dot, matmul and linear when they reach the dispatcher,
+    # convolutions by other names, the CPU's attention kernel, pointwise ops and reductions.
     name = _op_name(func)
     base = name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
     if base in _MATMUL_AB:
