@@ -64,6 +64,13 @@ def execute_on_simulator(nb, cwd: Path, fix: str) -> None:
             os.environ["GRAPHLAB_BACKEND"] = saved
 
 
+def command_parser(prog: str, description: str, check: str) -> argparse.ArgumentParser:
+    """The parser of a ``graphlab build-*`` command, with its ``--check`` flag (``check``: what it compares)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--check", action="store_true", help=check)
+    return parser
+
+
 def setup_cell(imports: str) -> str:
     """A generated notebook's first code cell: on Colab, install the course; then ``imports`` and the setup."""
     return (
@@ -138,10 +145,9 @@ class Generator:
         return 0
 
     def main(self, argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(prog=self.command, description=self.description)
-        parser.add_argument("--check", action="store_true",
-                            help=f"compare the committed notebook's cell sources with what {self.maker} makes; "
-                                 "write nothing")
+        parser = command_parser(self.command, self.description,
+                                f"compare the committed notebook's cell sources with what {self.maker} makes; "
+                                "write nothing")
         parser.add_argument("--no-execute", action="store_true", help="write the notebook without running it")
         parser.add_argument(self.path_flag, dest="path", default=str(self.default_path), metavar="PATH",
                             help=f"the notebook (default: {self.default_path})")

@@ -38,12 +38,12 @@ orphaned labs are named and the exit status is 1. Malformed markers raise
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from graphlab_utils.authoring.generated import command_parser
 from graphlab_utils.errors import GraphlabError
 
 __all__ = [
@@ -289,12 +289,8 @@ def check_labs(solutions_dir: str | Path = "solutions", labs_dir: str | Path = "
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="graphlab build-labs",
-        description="Generate labs/ from solutions/ (the single source of every lab).",
-    )
-    parser.add_argument("--check", action="store_true",
-                        help="compare labs/ with what solutions/ generate; write nothing")
+    parser = command_parser("graphlab build-labs", "Generate labs/ from solutions/ (the single source of every lab).",
+                            "compare labs/ with what solutions/ generate; write nothing")
     parser.add_argument("--solutions", default="solutions", metavar="DIR",
                         help="folder of solution notebooks (default: solutions)")
     parser.add_argument("--labs", default="labs", metavar="DIR",

@@ -12,18 +12,15 @@ regeneration is due (``make test`` runs it).
 """
 from __future__ import annotations
 
-import argparse
+from graphlab_utils.authoring.generated import command_parser
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="graphlab build-lesson10",
-        description="Generate lesson 10's notebook (drills) and solution (katas); --check: verify them.",
-    )
-    parser.add_argument("--check", action="store_true",
-                        help="compare the committed notebooks' sources with what would be generated, without executing")
+    parser = command_parser("graphlab build-lesson10",
+                            "Generate lesson 10's notebook (drills) and solution (katas); --check: verify them.",
+                            "compare the committed notebooks' sources with what would be generated, without executing")
     args, rest = parser.parse_known_args(argv)
     from graphlab_utils.authoring import drills_notebook, katas_notebook
 
