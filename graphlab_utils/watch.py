@@ -50,6 +50,7 @@ __all__ = [
     "capturing",
     "count_graph_calls",
     "count_ops",
+    "guarded_capture",
     "watching",
 ]
 
@@ -304,6 +305,19 @@ def watching(watch: Watch | None = None, *, ops: bool = True, host_reads: bool =
                     delattr(owner, name)
             else:
                 setattr(owner, name, old)
+
+
+def guarded_capture(fn: Callable[[], Any], pool: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+    """Lesson 01's ``recipes.capture``, under the course's guard: a host sync (or an unregistered
+    generator) inside the capture is refused with :class:`Refused` before it reaches PyTorch.
+
+    A lab captures a learner's function in the notebook's own process with it: a capture that
+    fails on a GPU damages the process (lesson 02), one refused by the guard leaves it usable.
+    """
+    from graphlab_utils.recipes import capture
+
+    with watching(host_reads=True):
+        return capture(fn, pool, **kwargs)
 
 
 def count_graph_calls():

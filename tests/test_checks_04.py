@@ -406,6 +406,27 @@ def test_decoder_accepts_reference_and_alternative(L04, decoders):
     assert L04.check_decoder(decoders["DictDecoder"], quiet=True).passed
 
 
+def test_decoder_with_a_syncing_step_is_stopped_before_it_breaks_the_kernel(L04, decoders):
+    """A Decoder that captures a step reading pos on the CPU: the check's guard refuses the sync inside
+    the capture, the hint quotes the learner's line, and random ops still work afterwards."""
+    import torch
+
+    class SyncingDecoder(decoders["Decoder"]):
+        def __init__(self, W):
+            self.W = W
+            self.x = torch.zeros(1, L04.D, device=_dev())
+            self.pos = torch.zeros(1, dtype=torch.long, device=_dev())
+            self.k_cache = torch.zeros(L04.MAX_LEN, L04.D, device=_dev())
+            self.v_cache = torch.zeros(L04.MAX_LEN, L04.D, device=_dev())
+            self.graph, self.out = _capture(
+                lambda: step_slices_with_pos(self.x, self.pos, self.k_cache, self.v_cache, self.W))
+
+    r = L04.check_decoder(SyncingDecoder, quiet=True)
+    assert not r.passed and "a host sync during capture" in r.seen and "refused by the check" in r.seen
+    assert "of step_slices_with_pos(): `n = int(pos) + 1`" in r.idea
+    torch.randn(3, device=_dev())  # the kernel's random generator is not left in capture mode
+
+
 def test_decoder_accepts_lazy_capture(L04, decoders):
     assert L04.check_decoder(decoders["LazyDictDecoder"], quiet=True).passed
 

@@ -363,7 +363,7 @@ def check_decoder(cls):
     ok_class(cls, "a class Decoder(W) with methods prefill(prompt) and step(x)")
     W = make_weights(2)
     watch = Watch(_WORDS)
-    with watching(watch, ops=False, host_reads=False):
+    with watching(watch):  # the guard stops a sync inside the capture before it breaks the kernel
         dec = cls(W)
     for method in ("prefill", "step"):
         ok(callable(getattr(dec, method, None)), f"a method {method}()", f"no method {method}()",
@@ -376,7 +376,7 @@ def check_decoder(cls):
         before = _tensor_attrs(dec)
         ptrs = _addresses(before)
         captured = watch.captures > 0
-        with watching(watch, ops=False, host_reads=False):
+        with watching(watch):
             result = getattr(dec, method)(*args)
         after = _tensor_attrs(dec)
         keep_alive.append(after)
