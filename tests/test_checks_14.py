@@ -51,12 +51,8 @@ class Reference:
 
     def __init__(self, model, loss_fn, optimizer, static_x, static_y, warmup_batches):
         _warm_up(model, loss_fn, optimizer, warmup_batches)
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = loss_fn(model(static_x), static_y)
-            self.static_loss.backward()
-            optimizer.step()
+        self.graph, self.static_loss = training.capture_step(model, loss_fn, optimizer, static_x, static_y,
+                                                             set_to_none=True)
 
     def __call__(self):
         self.graph.replay()
@@ -89,23 +85,15 @@ class ZeroInsideTheGraph:
 
 class NoWarmUp(Reference):
     def __init__(self, model, loss_fn, optimizer, static_x, static_y, warmup_batches):
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = loss_fn(model(static_x), static_y)
-            self.static_loss.backward()
-            optimizer.step()
+        self.graph, self.static_loss = training.capture_step(model, loss_fn, optimizer, static_x, static_y,
+                                                             set_to_none=True)
 
 
 class DefaultStreamWarmUp(Reference):
     def __init__(self, model, loss_fn, optimizer, static_x, static_y, warmup_batches):
         _warm_up(model, loss_fn, optimizer, warmup_batches, side=False)
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = loss_fn(model(static_x), static_y)
-            self.static_loss.backward()
-            optimizer.step()
+        self.graph, self.static_loss = training.capture_step(model, loss_fn, optimizer, static_x, static_y,
+                                                             set_to_none=True)
 
 
 class ForwardOnlyWarmUp(Reference):
@@ -118,23 +106,16 @@ class ForwardOnlyWarmUp(Reference):
             for x, y in warmup_batches:
                 loss_fn(model(x), y).backward()
         torch.cuda.current_stream().wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = loss_fn(model(static_x), static_y)
-            self.static_loss.backward()
-            optimizer.step()
+        self.graph, self.static_loss = training.capture_step(model, loss_fn, optimizer, static_x, static_y,
+                                                             set_to_none=True)
 
 
 class GradientsLeftInPlace(Reference):
     def __init__(self, model, loss_fn, optimizer, static_x, static_y, warmup_batches):
         _warm_up(model, loss_fn, optimizer, warmup_batches)
-        optimizer.zero_grad(set_to_none=False)  # zeroed once, then added into at every replay
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = loss_fn(model(static_x), static_y)
-            self.static_loss.backward()
-            optimizer.step()
+        # the gradients are zeroed once, then added into at every replay
+        self.graph, self.static_loss = training.capture_step(model, loss_fn, optimizer, static_x, static_y,
+                                                             set_to_none=False)
 
 
 class EagerOptimizerStep:

@@ -147,6 +147,9 @@ def unsimulated_in_capture():
     return "no error"
 
 
+# The claims' rank functions (the async all-reduce, the registered buffers), run here with more asserts.
+from graphlab_utils.claims import lesson13  # noqa: E402
+
 # The lesson's hang demonstrations, as its cells write them.
 # Rank 0 captures while rank 1 runs eagerly: the claim of lesson 13 that proves the hang.
 from graphlab_utils.claims.lesson13 import _rank_0_captures_alone as rank_0_captures_alone  # noqa: E402
@@ -220,76 +223,6 @@ def barrier_inside():
     with torch.cuda.graph(graph):
         step()
     return "captured"
-
-
-def async_all_reduce(join):
-    import torch
-    import torch.distributed as dist
-
-    from graphlab_utils import multigpu
-    from graphlab_utils.recipes import close
-
-    x = torch.ones(256)
-
-    def step():
-        y = x * 2
-        work = dist.all_reduce(y, async_op=True)
-        if join:
-            work.wait()
-        return y + 1
-
-    graph, out = multigpu.capture_in_step(step)
-    graph.replay()
-    return close(out, torch.full_like(x, 2.0 * dist.get_world_size() + 1))
-
-
-def registered_buffers():
-    import torch
-    import torch.distributed as dist
-
-    from graphlab_utils import multigpu
-    from graphlab_utils.recipes import capture, close, seeded_randn
-
-    rank, world = dist.get_rank(), dist.get_world_size()
-    car = multigpu.CustomAllReduce(numel=256)
-
-    def inputs(step):
-        parts = [seeded_randn(100 * step + r, 4, 8, device=multigpu.device()) for r in range(world)]
-        return parts[rank], sum(parts)
-
-    x, total = inputs(0)
-    seen = {"eager": close(car.all_reduce(x), total)}
-    if rank == 1:
-        car.buffer(16)
-    static_x = torch.zeros(4, 8)
-    state = {}
-
-    def capture_on(buf, warmup):
-        def step():
-            buf.copy_(static_x)
-            return car.all_reduce(buf)
-
-        state["graph"], state["out"] = capture(step, warmup=warmup)
-
-    def replay(step):
-        x, total = inputs(step)
-        static_x.copy_(x)
-        state["graph"].replay()
-        return close(state["out"], total)
-
-    capture_on(car.buffer(4, 8), warmup=3)
-    seen["unregistered"] = car.unregistered
-    seen["before"] = replay(1)
-    seen["registered"] = car.register_graph_buffers()
-    seen["after"] = replay(2)
-    if rank == 0:
-        capture_on(car.buffer(4, 8), warmup=0)
-    seen["moved"] = replay(3)
-    car.reset_graph_buffers()
-    capture_on(car.buffer(4, 8), warmup=0)
-    car.register_graph_buffers()
-    seen["again"] = replay(4)
-    return seen
 
 
 def registration_mismatch():
@@ -501,16 +434,16 @@ def test_a_barrier_inside_a_capture_is_a_sync():
 
 
 def test_an_async_collective_must_be_joined_before_the_capture_ends():
-    unjoined = launch(async_all_reduce, False)
+    unjoined = launch(lesson13._async_all_reduce, False)
     assert {e.cuda_error for e in unjoined.errors.values()} == {"cudaErrorStreamCaptureUnjoined"}
-    assert launch(async_all_reduce, True).values == [True, True]
+    assert launch(lesson13._async_all_reduce, True).values == [True, True]
 
 
 # ---------------------------------------------------------------------------------------
 # The custom all-reduce
 # ---------------------------------------------------------------------------------------
 def test_registered_buffers_are_read_through_the_table_filled_after_capture():
-    result = launch(registered_buffers)
+    result = launch(lesson13._registered_buffers)
     assert result.ok
     for seen in result.values:
         assert seen == {"eager": True, "unregistered": 1, "before": False, "registered": 1, "after": True,

@@ -127,6 +127,8 @@ def _registered_buffers() -> dict:
         parts = [seeded_randn(100 * step + r, 4, 8, device=dev) for r in range(world)]
         return parts[rank], sum(parts)
 
+    x, total = inputs(0)
+    seen = {"eager": close(car.all_reduce(x), total)}  # outside a capture: no registration needed
     if rank == 1:
         car.buffer(16)  # the offsets differ between ranks
     static_x = torch.zeros(4, 8, device=dev)
@@ -146,8 +148,9 @@ def _registered_buffers() -> dict:
         return close(state["out"], total)
 
     capture_on(car.buffer(4, 8), warmup=3)
-    seen = {"before": replay(1)}
-    car.register_graph_buffers()
+    seen["unregistered"] = car.unregistered  # buffers captured and not yet registered
+    seen["before"] = replay(1)
+    seen["registered"] = car.register_graph_buffers()
     seen["after"] = replay(2)
     if rank == 0:
         capture_on(car.buffer(4, 8), warmup=0)  # rank 0's buffer moves

@@ -413,7 +413,14 @@ def check_released_vmm() -> dict:
     _sync()
     unmap()
     cu_check(cu().cuMemRelease(page), "cuMemRelease")
-    result: dict = {}
+    return _replay_then_next_call(g)
+
+
+def _replay_then_next_call(g) -> dict:
+    """What a replay of ``g`` over released memory does, and whether the next CUDA call still works."""
+    import torch
+
+    result = {}
     try:
         g.replay()
         _sync()
@@ -441,19 +448,8 @@ def check_released_empty_cache() -> dict:
     before = torch.cuda.memory_reserved()
     held.clear()  # the last reference to the input
     torch.cuda.empty_cache()
-    result: dict = {"reserved bytes given back by empty_cache": before - torch.cuda.memory_reserved()}
-    try:
-        g.replay()
-        _sync()
-        result["replay"] = "no error"
-    except Exception as exc:
-        result["replay"] = describe_error(exc)
-    try:
-        torch.zeros(4, device="cuda").sum().item()
-        result["next CUDA call"] = "no error"
-    except Exception as exc:
-        result["next CUDA call"] = describe_error(exc)
-    return result
+    given_back = before - torch.cuda.memory_reserved()
+    return {"reserved bytes given back by empty_cache": given_back, **_replay_then_next_call(g)}
 
 
 # -- check 4: what survives reset() in lesson 07 ------------------------------------------------
